@@ -30,8 +30,8 @@ from .control.ipam import ipam_for
 from .control.nodes import NodeIPAM, assign_node_addresses, inferred_nodes, kind_nodes
 from .control.scheduler import Scheduler, eligible
 from .control.services import reconcile_services
-from .control.workloads import (expand_daemonset, expand_deployment, expand_replicaset,
-                                expand_statefulset, expand_virtualmachine)
+from .control.workloads import (PodIndex, expand_daemonset, expand_deployment,
+                                expand_replicaset, expand_statefulset, expand_virtualmachine)
 from .errors import InputError
 
 
@@ -116,31 +116,33 @@ class Cluster:
                 self.namespaces[ns] = Namespace(ObjectMeta(ns, labels={"kubernetes.io/metadata.name": ns}))
 
         # workload controllers, in creation order (a Deployment's ReplicaSet right after it)
-        replicasets = [w for w in workloads if w.kind == "ReplicaSet"]
+        owned_rs = {(w.namespace, r.name) for w in workloads if w.kind == "ReplicaSet"
+                    for r in w.meta.owner_refs if r.kind == "Deployment"}
         expanded: list[Workload] = []
         for w in workloads:
             expanded.append(w)
             if w.kind == "Deployment":
-                rs = expand_deployment(w, replicasets)
+                rs = expand_deployment(w, owned_rs)
                 if rs is not None:
                     expanded.append(rs)
-                    replicasets.append(rs)
+                    owned_rs.add((w.namespace, w.name))
         workloads = expanded
         control_plane = next((n for n in self.nodes if n.is_control_plane), None)
+        index = PodIndex(pods)
         for w in workloads:
             if w.kind == "ReplicaSet":
-                new = expand_replicaset(w, pods)
+                new = expand_replicaset(w, index)
                 if cfg.bootstrap and control_plane and \
                         (w.namespace, _owner_name(w)) in boot.PINNED_TO_CONTROL_PLANE:
                     for p in new:
                         p.node_name = control_plane.name
                 pods += new
             elif w.kind == "StatefulSet":
-                pods += expand_statefulset(w, pods)
+                pods += expand_statefulset(w, index)
             elif w.kind == "DaemonSet":
-                pods += expand_daemonset(w, pods, self.nodes, eligible)
+                pods += expand_daemonset(w, index, self.nodes, eligible)
             elif w.kind == "VirtualMachine":
-                pods += expand_virtualmachine(w, pods)
+                pods += expand_virtualmachine(w, index)
         self.workloads = workloads
 
         # scheduler
@@ -194,9 +196,7 @@ class Cluster:
 
         # endpoint slices
         self.endpoints = endpoints
-        pods_by_ns: dict[str, list[Pod]] = defaultdict(list)
-        for pod in pods:
-            pods_by_ns[pod.namespace].append(pod)
+        labels = LabelIndex(pods)
         recorded_slices: dict[str, list[EndpointSlice]] = defaultdict(list)
         for s in slices:
             recorded_slices[f"{s.meta.namespace}/{s.service_name}"].append(s)
@@ -207,7 +207,7 @@ class Cluster:
                 out_slices += recorded_slices.pop(svc.key)
                 continue
             if svc.selector is not None:
-                selected = [p for p in pods_by_ns[svc.namespace] if _selects(svc.selector, p.meta.labels)]
+                selected = labels.select(svc.namespace, svc.selector)
                 out_slices += slices_for_service(svc, selected, self._node_by_name)
             elif svc.key in eps_by_key:
                 out_slices += mirror_endpoints(svc, eps_by_key[svc.key])
@@ -282,11 +282,23 @@ class Cluster:
         return [n for n in self.nodes if n.is_control_plane]
 
 
-def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
-    for k, v in selector.items():
-        if labels.get(k) != v:
-            return False
-    return True
+class LabelIndex:
+    """Pods by (namespace, label, value): a Service's selector looks at the pods carrying
+    its rarest label instead of every pod of the namespace."""
+
+    def __init__(self, pods: Iterable[Pod]):
+        self.by_label: dict[tuple[str, str, str], list[Pod]] = defaultdict(list)
+        for pod in pods:
+            for k, v in pod.meta.labels.items():
+                self.by_label[(pod.namespace, k, v)].append(pod)
+
+    def select(self, namespace: str, selector: dict[str, str]) -> list[Pod]:
+        postings = [self.by_label.get((namespace, k, v), []) for k, v in selector.items()]
+        if not postings:
+            return []
+        smallest = min(postings, key=len)
+        return [p for p in smallest
+                if all(p.meta.labels.get(k) == v for k, v in selector.items())]
 
 
 def _owner_name(rs: Workload) -> str:
@@ -298,7 +310,7 @@ def _unique(objs: list, kind: str) -> dict:
     out: dict = {}
     for o in objs:
         if o.meta.key in out:
-            raise InputError(f"{kind} {o.meta.key} is defined twice", file=o.meta.source or None,
+            raise InputError("defined twice", file=o.meta.source or None,
                              obj=f"{kind} {o.meta.key}")
         out[o.meta.key] = o
     return out

@@ -13,10 +13,23 @@ from ..api.objects import LabelSelector, ObjectMeta, OwnerRef, Pod, PodTemplate,
 from .naming import pod_template_hash, random_suffix, uid_for
 
 
-def _owned_by(pods: Iterable[Pod], kind: str, name: str, namespace: str) -> list[Pod]:
-    return [p for p in pods
-            if p.namespace == namespace
-            and any(r.kind == kind and r.name == name for r in p.meta.owner_refs)]
+class PodIndex:
+    """The pods that exist, by owner and by name, kept up to date as controllers add pods
+    (a scan of every pod per workload would be quadratic at 150,000 pods)."""
+
+    def __init__(self, pods: Iterable[Pod] = ()):
+        self.owned: dict[tuple[str, str, str], list[Pod]] = {}
+        self.names: set[tuple[str, str]] = set()
+        for pod in pods:
+            self.add(pod)
+
+    def add(self, pod: Pod) -> None:
+        self.names.add((pod.namespace, pod.name))
+        for ref in pod.meta.owner_refs:
+            self.owned.setdefault((pod.namespace, ref.kind, ref.name), []).append(pod)
+
+    def owned_by(self, kind: str, name: str, namespace: str) -> list[Pod]:
+        return self.owned.get((namespace, kind, name), [])
 
 
 def _new_pod(owner: Workload, name: str, labels: dict[str, str], *, hostname: str = "",
@@ -37,11 +50,11 @@ def _new_pod(owner: Workload, name: str, labels: dict[str, str], *, hostname: st
                template=t.raw)
 
 
-def expand_deployment(dep: Workload, existing_rs: list[Workload]) -> Workload | None:
-    """The ReplicaSet a Deployment controller creates, unless it already owns one."""
-    owned = [rs for rs in existing_rs if rs.namespace == dep.namespace
-             and any(r.kind == "Deployment" and r.name == dep.name for r in rs.meta.owner_refs)]
-    if owned:
+def expand_deployment(dep: Workload, owned_rs: set[tuple[str, str]]) -> Workload | None:
+    """The ReplicaSet a Deployment controller creates, unless it already owns one.
+
+    `owned_rs` holds (namespace, deployment) of Deployments that own a ReplicaSet."""
+    if (dep.namespace, dep.name) in owned_rs:
         return None
     h = pod_template_hash(dep.template.raw)
     name = f"{dep.name}-{h}"
@@ -67,23 +80,31 @@ def _with_labels(template_raw: dict, labels: dict[str, str]) -> dict:
     return raw
 
 
-def expand_replicaset(rs: Workload, pods: list[Pod]) -> list[Pod]:
-    have = len(_owned_by(pods, "ReplicaSet", rs.name, rs.namespace))
+def _free_name(index: PodIndex, namespace: str, base: str, seed: str) -> str:
+    """base-xxxxx not yet taken (generateName retries on a clash, so do we)."""
+    attempt = 0
+    while True:
+        name = f"{base}-{random_suffix(namespace, base, seed, str(attempt) if attempt else '')}"
+        if (namespace, name) not in index.names:
+            return name
+        attempt += 1
+
+
+def expand_replicaset(rs: Workload, index: PodIndex) -> list[Pod]:
+    have = len(index.owned_by("ReplicaSet", rs.name, rs.namespace))
     out = []
     i = 0
-    taken = {p.name for p in pods}
     while have + len(out) < (rs.replicas or 0):
-        name = f"{rs.name}-{random_suffix(rs.namespace, rs.name, str(i))}"
+        name = _free_name(index, rs.namespace, rs.name, str(i))
         i += 1
-        if name in taken:
-            continue
-        taken.add(name)
-        out.append(_new_pod(rs, name, dict(rs.template.labels)))
+        pod = _new_pod(rs, name, dict(rs.template.labels))
+        index.add(pod)
+        out.append(pod)
     return out
 
 
-def expand_statefulset(sts: Workload, pods: list[Pod]) -> list[Pod]:
-    existing = {p.name for p in _owned_by(pods, "StatefulSet", sts.name, sts.namespace)}
+def expand_statefulset(sts: Workload, index: PodIndex) -> list[Pod]:
+    existing = {p.name for p in index.owned_by("StatefulSet", sts.name, sts.namespace)}
     out = []
     for ordinal in range(sts.ordinals_start, sts.ordinals_start + (sts.replicas or 0)):
         name = f"{sts.name}-{ordinal}"
@@ -92,28 +113,34 @@ def expand_statefulset(sts: Workload, pods: list[Pod]) -> list[Pod]:
         labels = {**sts.template.labels,
                   "statefulset.kubernetes.io/pod-name": name,
                   "apps.kubernetes.io/pod-index": str(ordinal)}
-        out.append(_new_pod(sts, name, labels, hostname=name, subdomain=sts.service_name))
+        pod = _new_pod(sts, name, labels, hostname=name, subdomain=sts.service_name)
+        index.add(pod)
+        out.append(pod)
     return out
 
 
-def expand_daemonset(ds: Workload, pods: list[Pod], nodes: list,
-                     eligible: Callable[[object, object], bool]) -> list[Pod]:
+def expand_daemonset(ds: Workload, index: PodIndex, nodes: list,
+                     eligible: Callable[..., bool]) -> list[Pod]:
     """One pod per node the DaemonSet's pods may run on (selector, affinity, taints)."""
-    have = {p.node_name for p in _owned_by(pods, "DaemonSet", ds.name, ds.namespace)}
+    have = {p.node_name for p in index.owned_by("DaemonSet", ds.name, ds.namespace)}
     out = []
     for node in nodes:
         if node.name in have or not eligible(ds.template.spec, node, daemonset=True):
             continue
-        name = f"{ds.name}-{random_suffix(ds.namespace, ds.name, node.name)}"
+        name = _free_name(index, ds.namespace, ds.name, node.name)
         labels = {**ds.template.labels, "pod-template-generation": "1"}
-        out.append(_new_pod(ds, name, labels, node_name=node.name))
+        pod = _new_pod(ds, name, labels, node_name=node.name)
+        index.add(pod)
+        out.append(pod)
     return out
 
 
-def expand_virtualmachine(vm: Workload, pods: list[Pod]) -> list[Pod]:
+def expand_virtualmachine(vm: Workload, index: PodIndex) -> list[Pod]:
     """KubeVirt: the VM's virt-launcher pod, labelled with the VM template's labels."""
-    if _owned_by(pods, "VirtualMachine", vm.name, vm.namespace):
+    if index.owned_by("VirtualMachine", vm.name, vm.namespace):
         return []
-    name = f"virt-launcher-{vm.name}-{random_suffix(vm.namespace, vm.name)}"
+    name = _free_name(index, vm.namespace, f"virt-launcher-{vm.name}", vm.name)
     labels = {**vm.template.labels, "kubevirt.io": "virt-launcher", "vm.kubevirt.io/name": vm.name}
-    return [_new_pod(vm, name, labels)]
+    pod = _new_pod(vm, name, labels)
+    index.add(pod)
+    return [pod]
