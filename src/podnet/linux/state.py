@@ -330,6 +330,9 @@ class Netns:
     socket_lb: Optional[SocketLB] = None
     # free-form facts renderers want to show (e.g. /run/flannel/subnet.env)
     files: dict[str, str] = field(default_factory=dict)
+    # True for snapshots of real machines: `routes` already holds the routes the kernel
+    # derives from addresses (table local, prefix routes), so they are not derived again
+    routes_complete: bool = False
     _parsed: dict = field(default_factory=dict, repr=False)
     _next_ifindex: int = 1
 

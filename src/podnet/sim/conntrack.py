@@ -1,0 +1,178 @@
+"""Connection tracking for the walk: entries, directions and NAT bindings.
+
+An entry holds the original tuple and the reply tuple the kernel expects back.
+DNAT changes the reply's source, SNAT the reply's destination. A packet that
+matches an entry in the ORIGINAL direction gets the same translations; one that
+matches in the REPLY direction gets them undone: the destination (un-SNAT) at
+PREROUTING/OUTPUT, the source (un-DNAT) at POSTROUTING/INPUT, as the kernel's
+nf_nat hooks do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..linux.netfilter import ConnView, Packet
+from ..linux.state import ConntrackEntry, IPAddress
+
+Tuple = tuple  # (proto, src, sport, dst, dport)
+
+
+def tuple_of(pkt: Packet) -> Tuple:
+    return (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+
+
+@dataclass(slots=True)
+class Conn:
+    orig: Tuple
+    reply: Tuple                    # (proto, src, sport, dst, dport) of the expected reply
+    mark: int = 0
+    confirmed: bool = False
+    seen_reply: bool = False
+    notrack: bool = False
+    note: str = ""                  # who created it (e.g. "IPVS")
+
+    @property
+    def dnat(self) -> bool:
+        return (self.reply[1], self.reply[2]) != (self.orig[3], self.orig[4])
+
+    @property
+    def snat(self) -> bool:
+        return (self.reply[3], self.reply[4]) != (self.orig[1], self.orig[2])
+
+    def text(self) -> str:
+        p, s, sp, d, dp = self.orig
+        _, rs, rsp, rd, rdp = self.reply
+        return (f"{p} src={s} dst={d} sport={sp} dport={dp} "
+                f"src={rs} dst={rd} sport={rsp} dport={rdp}"
+                + (" [ASSURED]" if self.seen_reply else " [UNREPLIED]") + f" mark={self.mark}")
+
+
+@dataclass(slots=True)
+class Tracked:
+    """A packet's conntrack view at some point of the walk."""
+    conn: Optional[Conn]
+    direction: str                  # ORIGINAL | REPLY
+    new: bool
+
+    def view(self) -> ConnView:
+        if self.conn is None or self.conn.notrack:
+            return ConnView(state="UNTRACKED" if self.conn is not None else "INVALID")
+        c = self.conn
+        status = set()
+        if c.dnat:
+            status.add("DNAT")
+        if c.snat:
+            status.add("SNAT")
+        if c.confirmed:
+            status.add("CONFIRMED")
+        if c.seen_reply:
+            status.add("SEEN_REPLY")
+        state = "NEW" if self.new else "ESTABLISHED"
+        p, s, sp, d, dp = c.orig
+        return ConnView(state=state, status=status, direction=self.direction, orig_src=s,
+                        orig_dst=d, orig_sport=sp, orig_dport=dp, mark=c.mark)
+
+
+@dataclass
+class ConntrackTable:
+    """One namespace's table (conntrack zones are per namespace)."""
+    by_tuple: dict = field(default_factory=dict)   # tuple -> (Conn, direction)
+
+    @classmethod
+    def from_entries(cls, entries: list[ConntrackEntry]) -> "ConntrackTable":
+        table = cls()
+        for e in entries:
+            conn = Conn((e.proto, e.orig_src, e.orig_sport, e.orig_dst, e.orig_dport),
+                        (e.proto, e.reply_src, e.reply_sport, e.reply_dst, e.reply_dport),
+                        mark=e.mark, confirmed=True, seen_reply="SEEN_REPLY" in e.status
+                        or "ASSURED" in e.status)
+            table.add(conn)
+        return table
+
+    def add(self, conn: Conn) -> None:
+        self.by_tuple[conn.orig] = (conn, "ORIGINAL")
+        self.by_tuple[conn.reply] = (conn, "REPLY")
+
+    def lookup(self, pkt: Packet) -> Optional[tuple[Conn, str]]:
+        return self.by_tuple.get(tuple_of(pkt))
+
+    def track(self, pkt: Packet) -> Tracked:
+        """nf_conntrack_in: find the packet's entry or start a new (unconfirmed) one."""
+        hit = self.lookup(pkt)
+        if hit is not None:
+            conn, direction = hit
+            return Tracked(conn, direction, new=not conn.confirmed)
+        t = tuple_of(pkt)
+        conn = Conn(t, (t[0], t[3], t[4], t[1], t[2]))
+        return Tracked(conn, "ORIGINAL", new=True)
+
+    def confirm(self, tracked: Tracked) -> None:
+        conn = tracked.conn
+        if conn is None or conn.notrack or conn.confirmed:
+            return
+        conn.confirmed = True
+        self.add(conn)
+
+    def entries(self) -> list[Conn]:
+        seen, out = set(), []
+        for conn, _ in self.by_tuple.values():
+            if id(conn) not in seen:
+                seen.add(id(conn))
+                out.append(conn)
+        return out
+
+
+def bind_dnat(conn: Conn, addr: IPAddress, port: Optional[int]) -> None:
+    """Record a destination translation: the reply will come from addr:port."""
+    p, _, rsp, rd, rdp = conn.reply
+    conn.reply = (p, addr, port if port is not None else rsp, rd, rdp)
+
+
+def bind_snat(conn: Conn, addr: IPAddress, port: Optional[int]) -> None:
+    """Record a source translation: the reply will go to addr:port."""
+    p, rs, rsp, _, rdp = conn.reply
+    conn.reply = (p, rs, rsp, addr, port if port is not None else rdp)
+
+
+def apply_dst_manip(tracked: Tracked, pkt: Packet) -> Optional[str]:
+    """PREROUTING/OUTPUT for a tracked packet: DNAT (original) or un-SNAT (reply)."""
+    conn = tracked.conn
+    if conn is None or tracked.new:
+        return None
+    if tracked.direction == "ORIGINAL" and conn.dnat:
+        new_dst, new_port = conn.reply[1], conn.reply[2]
+    elif tracked.direction == "REPLY" and conn.snat:
+        new_dst, new_port = conn.orig[1], conn.orig[2]
+    else:
+        return None
+    if (pkt.dst, pkt.dport) == (new_dst, new_port):
+        return None
+    old = _ep(pkt.dst, pkt.dport)
+    pkt.dst, pkt.dport = new_dst, new_port
+    return f"{'DNAT' if tracked.direction == 'ORIGINAL' else 'un-SNAT'} (conntrack): dst {old} -> {_ep(new_dst, new_port)}"
+
+
+def apply_src_manip(tracked: Tracked, pkt: Packet) -> Optional[str]:
+    """POSTROUTING/INPUT for a tracked packet: SNAT (original) or un-DNAT (reply)."""
+    conn = tracked.conn
+    if conn is None or tracked.new:
+        return None
+    if tracked.direction == "ORIGINAL" and conn.snat:
+        new_src, new_port = conn.reply[3], conn.reply[4]
+    elif tracked.direction == "REPLY" and conn.dnat:
+        new_src, new_port = conn.orig[3], conn.orig[4]
+    else:
+        return None
+    if (pkt.src, pkt.sport) == (new_src, new_port):
+        return None
+    old = _ep(pkt.src, pkt.sport)
+    pkt.src, pkt.sport = new_src, new_port
+    return f"{'SNAT' if tracked.direction == 'ORIGINAL' else 'un-DNAT'} (conntrack): src {old} -> {_ep(new_src, new_port)}"
+
+
+def _ep(addr, port) -> str:
+    if port is None:
+        return str(addr)
+    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"

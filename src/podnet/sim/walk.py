@@ -1,0 +1,771 @@
+"""The life of a packet: one walk through the dataplane state, as the kernel would.
+
+Local output:   socket (eBPF connect hook) -> routing -> conntrack -> OUTPUT hooks
+                -> POSTROUTING hooks -> device
+Reception:      device -> (bridge: FDB, br_netfilter) -> rp_filter -> conntrack
+                -> PREROUTING hooks -> routing -> INPUT hooks -> IPVS -> socket
+                                                 \\-> FORWARD hooks -> POSTROUTING -> device
+Devices:        veth (into the peer namespace), bridge (FDB lookup, learning,
+                hairpin), L2 segment (the switch between nodes), VXLAN (FDB ->
+                remote VTEP, UDP encapsulation, decapsulation by VNI), IPIP,
+                loopback.
+
+Every decision becomes a `Hop` (where, which stage, what matched, what
+changed). Random choices go through `runtime.choose`, so `podnet.sim.branches`
+can enumerate them. A walk ends when the packet reaches a socket, is dropped,
+or is rejected; `Walker.reply()` then walks the answer back through the same
+conntrack entries.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..linux.netfilter import NatAction, Packet, Step
+from ..linux.routing import RouteResult, tables_of
+from ..linux.state import DataplaneState, IPAddress, Link, Listener, Netns
+from .conntrack import (Tracked, apply_dst_manip, apply_src_manip, bind_dnat, bind_snat,
+                        tuple_of)
+from .hooks import run_hook
+from .runtime import Runtime
+
+VXLAN_OVERHEAD = 50
+IPIP_OVERHEAD = 20
+MAX_HOPS = 400
+BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
+
+
+@dataclass(slots=True)
+class Hop:
+    ns: str
+    stage: str                      # e.g. "route", "nat/PREROUTING", "bridge", "vxlan", "deliver"
+    text: str
+    iface: Optional[str] = None
+    node: Optional[str] = None
+    steps: list[Step] = field(default_factory=list)
+    packet: str = ""
+
+    def as_dict(self) -> dict:
+        return {"netns": self.ns, "node": self.node, "iface": self.iface, "stage": self.stage,
+                "text": self.text, "packet": self.packet,
+                "rules": [{"engine": s.engine, "table": s.table, "chain": s.chain, "index": s.index,
+                           "rule": s.text, "action": s.action, "note": s.note} for s in self.steps]}
+
+
+@dataclass(slots=True)
+class Frame:
+    """A packet on the wire, possibly carrying an encapsulated one."""
+    pkt: Packet
+    inner: Optional["Frame"] = None
+    vni: Optional[int] = None
+    inner_dst_mac: Optional[str] = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    result: str                     # delivered | dropped | rejected | answered
+    ns: str
+    reason: str
+    packet: Packet
+    listener: Optional[Listener] = None
+    node: Optional[str] = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.result in ("delivered", "answered")
+
+
+class _Done(Exception):
+    def __init__(self, outcome: Outcome):
+        self.outcome = outcome
+
+
+def ep(addr, port) -> str:
+    if port is None:
+        return str(addr)
+    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
+
+
+def summary(pkt: Packet) -> str:
+    s = f"{ep(pkt.src, pkt.sport)} -> {ep(pkt.dst, pkt.dport)} {pkt.proto}"
+    if pkt.mark:
+        s += f" mark {pkt.mark:#x}"
+    return s
+
+
+class Walker:
+    def __init__(self, state: DataplaneState, runtime: Optional[Runtime] = None):
+        self.state = state
+        self.rt = runtime or Runtime(state)
+        self.hops: list[Hop] = []
+        self.origin: Optional[tuple[str, Packet]] = None
+
+    # ------------------------------------------------------------ entry points
+    def send(self, ns_name: str, pkt: Packet) -> Outcome:
+        """A process in `ns_name` sends `pkt` (src may be unspecified: 0.0.0.0 / ::)."""
+        ns = self.state.netns(ns_name)
+        try:
+            self._local_out(ns, Frame(pkt), from_socket=True)
+        except _Done as done:
+            return done.outcome
+        raise AssertionError("walk ended without an outcome")  # pragma: no cover
+
+    def inject(self, ns_name: str, iface: str, pkt: Packet, dst_mac: Optional[str] = None) -> Outcome:
+        """`pkt` arrives on `iface` of `ns_name` from the wire."""
+        ns = self.state.netns(ns_name)
+        link = ns.links[iface]
+        try:
+            self._receive(ns, link, Frame(pkt), dst_mac or link.mac)
+        except _Done as done:
+            return done.outcome
+        raise AssertionError("walk ended without an outcome")  # pragma: no cover
+
+    def reply(self, outcome: Outcome) -> Outcome:
+        """The delivered packet's answer, sent back from the socket that got it."""
+        pkt = outcome.packet
+        back = Packet(pkt.dst, pkt.src, pkt.proto, pkt.dport, pkt.sport,
+                      icmp_type=0 if pkt.proto == "icmp" else None,
+                      tcp_flags=frozenset({"SYN", "ACK"}) if pkt.proto == "tcp" else frozenset())
+        return self.send(outcome.ns, back)
+
+    # ------------------------------------------------------------ recording
+    def hop(self, ns: Netns, stage: str, text: str, iface: Optional[str] = None,
+            steps: Optional[list[Step]] = None, pkt: Optional[Packet] = None) -> None:
+        if len(self.hops) >= MAX_HOPS:
+            self._end("dropped", ns, "the walk exceeded its hop budget (a forwarding loop?)", pkt)
+        self.hops.append(Hop(ns.name, stage, text, iface, ns.node, list(steps or []),
+                             summary(pkt) if pkt is not None else ""))
+
+    def _end(self, result: str, ns: Netns, reason: str, pkt: Optional[Packet],
+             listener: Optional[Listener] = None):
+        self.hops.append(Hop(ns.name, result, reason, None, ns.node, [], summary(pkt) if pkt else ""))
+        raise _Done(Outcome(result, ns.name, reason, pkt.copy() if pkt else None, listener, ns.node))
+
+    def _drop(self, ns: Netns, reason: str, pkt: Packet):
+        self._end("dropped", ns, reason, pkt)
+
+    # ------------------------------------------------------------ local output
+    def _local_out(self, ns: Netns, frame: Frame, from_socket: bool = False) -> None:
+        pkt = frame.pkt
+        routing = tables_of(ns)
+        if from_socket:
+            self._socket_lb_connect(ns, pkt)
+        route = routing.lookup(pkt.dst, None, None, None, pkt.mark)
+        self.hop(ns, "route", route.text(), route.dev, pkt=pkt)
+        if not route.ok:
+            self._drop(ns, f"no route to {pkt.dst}: {route.error}", pkt)
+        if pkt.src.is_unspecified:
+            if route.src is None:
+                self._drop(ns, "no source address for the route (the device has no address)", pkt)
+            pkt.src = route.src
+        if from_socket and self.origin is None:
+            self.origin = (ns.name, pkt.copy())
+            self.rt.client_sockets[(ns.name, pkt.proto, pkt.src, pkt.sport)] = (pkt.dst, pkt.dport)
+        tracked = self.rt.ct(ns).track(pkt)
+        self._conntrack_hop(ns, tracked, pkt, "OUTPUT")
+        note = apply_dst_manip(tracked, pkt)
+        if note:
+            self.hop(ns, "conntrack", note, pkt=pkt)
+        before = (pkt.dst, pkt.dport)
+        self._hook(ns, "OUTPUT", frame, tracked, out_iface=route.dev)
+        if (pkt.dst, pkt.dport) != before or note:
+            route = routing.lookup(pkt.dst, pkt.src, None, None, pkt.mark)
+            self.hop(ns, "route", "re-route after DNAT: " + route.text(), route.dev, pkt=pkt)
+            if not route.ok:
+                self._drop(ns, f"no route to {pkt.dst}: {route.error}", pkt)
+        self._output(ns, frame, route, tracked, in_link=None)
+
+    def _socket_lb_connect(self, ns: Netns, pkt: Packet) -> None:
+        """eBPF socket load-balancing: translate the service address at connect()/sendmsg()."""
+        lb, owner = self._socket_lb(ns)
+        if lb is None or pkt.dport is None:
+            return
+        svc = lb.services.get((pkt.dst, pkt.dport, pkt.proto))
+        if svc is None:
+            return
+        hook = "cgroup/connect4" if pkt.dst.version == 4 else "cgroup/connect6"
+        if pkt.proto == "udp":
+            hook = hook.replace("connect", "sendmsg")
+        if not svc.backend_ids:
+            self.hop(ns, "socket-lb", f"{hook}: service {svc.service} ({ep(svc.vip, svc.port)}) "
+                     "has no backends: connect() fails with ECONNREFUSED", pkt=pkt)
+            self._end("rejected", ns, "socket LB: no backends (ECONNREFUSED)", pkt)
+        n = len(svc.backend_ids)
+        i = self.rt.choose(f"socket-lb:{ep(svc.vip, svc.port)}",
+                           [(str(lb.backends[b][0]), 1 / n) for b in svc.backend_ids])
+        backend_id = svc.backend_ids[i]
+        addr, port = lb.backends[backend_id]
+        self.rt.sock_lb_reverse[(ns.name, pkt.proto, pkt.sport, addr, port)] = (pkt.dst, pkt.dport)
+        self.hop(ns, "socket-lb",
+                 f"{hook} (eBPF socket LB on {owner}): service map {ep(svc.vip, svc.port)}/{pkt.proto} "
+                 f"-> slot {i + 1} of {n} -> backend #{backend_id} {ep(addr, port)}; "
+                 "the socket is connected to the backend, so the first packet already carries it",
+                 pkt=pkt)
+        pkt.dst, pkt.dport = addr, port
+
+    def _socket_lb(self, ns: Netns):
+        if ns.socket_lb is not None:
+            return ns.socket_lb, ns.name
+        if ns.node and ns.node in self.state.namespaces:
+            node_ns = self.state.namespaces[ns.node]
+            if node_ns.socket_lb is not None:
+                return node_ns.socket_lb, node_ns.name
+        return None, None
+
+    # ------------------------------------------------------------ output path
+    def _output(self, ns: Netns, frame: Frame, route: RouteResult, tracked: Tracked,
+                in_link: Optional[Link]) -> None:
+        pkt = frame.pkt
+        out_dev = route.dev
+        nexthop = route.nexthop
+        self._hook(ns, "POSTROUTING", frame, tracked, in_iface=in_link.name if in_link else None,
+                   out_iface=out_dev, route=route)
+        note = apply_src_manip(tracked, pkt)
+        if note:
+            self.hop(ns, "conntrack", note, out_dev, pkt=pkt)
+        self.rt.ct(ns).confirm(tracked)
+        if route.type == "local":
+            self.hop(ns, "xmit", f"local destination: looped back via lo", "lo", pkt=pkt)
+            self._local_in(ns, ns.links.get("lo") or Link("lo", "loopback"), frame, tracked)
+            return
+        link = ns.links.get(out_dev)
+        if link is None:
+            self._drop(ns, f"route points to missing device {out_dev}", pkt)
+        self._xmit(ns, link, frame, nexthop, route)
+
+    def _xmit(self, ns: Netns, link: Link, frame: Frame, nexthop: IPAddress,
+              route: Optional[RouteResult] = None) -> None:
+        pkt = frame.pkt
+        if not link.up:
+            self._drop(ns, f"{link.name} is down", pkt)
+        if pkt.length > link.mtu:
+            self._drop(ns, f"packet of {pkt.length} bytes exceeds the MTU {link.mtu} of {link.name} "
+                           "(DF set: ICMP fragmentation needed)", pkt)
+        if link.kind == "loopback":
+            self._local_in(ns, link, frame, self.rt.ct(ns).track(pkt))
+            return
+        if link.kind == "dummy":
+            self._drop(ns, f"{link.name} is a dummy device: packets routed out of it are discarded", pkt)
+        if link.kind == "ipip":
+            self._ipip_encap(ns, link, frame, nexthop)
+            return
+        if link.kind == "vxlan":
+            mac = self._neighbour(ns, link, nexthop, pkt)
+            self._vxlan_encap(ns, link, frame, mac)
+            return
+        mac = self._neighbour(ns, link, nexthop, pkt)
+        self._l2_send(ns, link, frame, mac)
+
+    # ------------------------------------------------------------ L2
+    def _neighbour(self, ns: Netns, link: Link, nexthop: IPAddress, pkt: Packet) -> str:
+        if link.noarp:
+            return link.mac or BROADCAST_MAC
+        for n in ns.neighbours:
+            if n.dev == link.name and n.ip == nexthop and not n.proxy and n.lladdr and n.state != "FAILED":
+                self.hop(ns, "neigh", f"{n.ip} dev {n.dev} lladdr {n.lladdr} {n.state}", link.name, pkt=pkt)
+                return n.lladdr
+        answer = self._arp(ns, link, nexthop)
+        if answer is None:
+            self._drop(ns, f"no ARP reply for {nexthop} on {link.name} (Destination Host Unreachable)", pkt)
+        mac, who = answer
+        verb = "ARP" if nexthop.version == 4 else "ND"
+        self.hop(ns, "neigh", f"{verb}: who-has {nexthop} on {link.name}? {nexthop} is-at {mac} ({who})",
+                 link.name, pkt=pkt)
+        return mac
+
+    def _arp(self, ns: Netns, link: Link, target: IPAddress) -> Optional[tuple[str, str]]:
+        """Who answers an ARP request for `target` sent out of `link` (first responder)."""
+        for rns, rlink in self._l2_receivers(ns, link):
+            if rns.name == ns.name and rlink.name == link.name:
+                continue
+            tables = tables_of(rns)
+            arp_ignore = max(int(rns.sysctl("net.ipv4.conf.all.arp_ignore", "0")),
+                             int(rns.sysctl(f"net.ipv4.conf.{rlink.name}.arp_ignore", "0")))
+            on_link = any(a.ip == target for a in rlink.addresses)
+            if on_link or (arp_ignore == 0 and target in tables.local_addrs):
+                return rlink.mac, f"{rns.name} {rlink.name} owns {target}"
+            for n in rns.neighbours:
+                if n.proxy and n.ip == target and n.dev == rlink.name:
+                    return rlink.mac, f"proxy neighbour entry for {target} on {rns.name} {rlink.name}"
+            if rns.conf(rlink.name, "proxy_arp") and rns.sysctl_on("net.ipv4.ip_forward"):
+                back = tables.lookup(target)
+                if back.ok and back.type != "local" and back.dev != rlink.name:
+                    return rlink.mac, f"proxy_arp on {rns.name} {rlink.name} (route to {target} via {back.dev})"
+        return None
+
+    def _l2_receivers(self, ns: Netns, link: Link, seen: Optional[set] = None) -> list[tuple[Netns, Link]]:
+        """IP interfaces that hear a broadcast sent out of `link` (its L2 domain)."""
+        seen = seen if seen is not None else set()
+        key = (ns.name, link.name)
+        if key in seen:
+            return []
+        seen.add(key)
+        out: list[tuple[Netns, Link]] = []
+        if link.kind == "veth":
+            peer = self.state.veth_peer(ns, link)
+            if peer:
+                out += self._domain_of(*peer, seen)
+        elif link.kind == "bridge":
+            for port in ns.links.values():
+                if port.master == link.name:
+                    out += self._l2_receivers(ns, port, seen)
+        elif link.segment:
+            blocked = self.state.segments.get(link.segment)
+            for mns, mlink in self.state.segment_members(link.segment):
+                if (mns.name, mlink.name) == key or _blocked(blocked, ns.name, mns.name):
+                    continue
+                out += self._domain_of(mns, mlink, seen)
+        elif link.kind == "vxlan" and link.vxlan is not None:
+            for other in self.state.namespaces.values():
+                for olink in other.links.values():
+                    if olink.kind == "vxlan" and olink.vxlan and olink.vxlan.vni == link.vxlan.vni \
+                            and other.name != ns.name:
+                        out += self._domain_of(other, olink, seen)
+        return out
+
+    def _domain_of(self, ns: Netns, link: Link, seen: set) -> list[tuple[Netns, Link]]:
+        """A frame arriving on `link`: heard by the link itself or, for a bridge port,
+        by the bridge and everything behind its other ports."""
+        if link.master:
+            bridge = ns.links.get(link.master)
+            out = [(ns, bridge)] if bridge else []
+            seen.add((ns.name, link.name))
+            for port in ns.links.values():
+                if port.master == link.master and port.name != link.name:
+                    out += self._l2_receivers(ns, port, seen)
+            return out
+        return [(ns, link)]
+
+    def _l2_send(self, ns: Netns, link: Link, frame: Frame, dst_mac: str, bridged: bool = False) -> None:
+        pkt = frame.pkt
+        if link.kind != "bridge" and not bridged:     # a bridge forwards frames unchanged
+            pkt.src_mac, pkt.dst_mac = link.mac, dst_mac
+        if link.kind == "veth":
+            peer = self.state.veth_peer(ns, link)
+            if peer is None:
+                self._drop(ns, f"veth {link.name} has no peer", pkt)
+            pns, plink = peer
+            self.hop(ns, "xmit", f"out {link.name} (veth) -> {plink.name} in {pns.name}", link.name, pkt=pkt)
+            self._receive(pns, plink, frame, dst_mac)
+            return
+        if link.kind == "bridge":
+            self._bridge_forward(ns, link, None, frame, dst_mac)
+            return
+        if link.kind == "vxlan":
+            self._vxlan_encap(ns, link, frame, dst_mac)
+            return
+        if link.segment:
+            segment = self.state.segments.get(link.segment)
+            for mns, mlink in self.state.segment_members(link.segment):
+                if mlink.mac == dst_mac and (mns.name, mlink.name) != (ns.name, link.name):
+                    if _blocked(segment, ns.name, mns.name):
+                        self._drop(ns, f"{ns.name} cannot reach {mns.name} on segment {link.segment} "
+                                       "(no direct connectivity)", pkt)
+                    self.hop(ns, "xmit", f"out {link.name} onto L2 segment {link.segment} -> "
+                                         f"{mns.name} {mlink.name} ({dst_mac})", link.name, pkt=pkt)
+                    self._receive(mns, mlink, frame, dst_mac)
+                    return
+                if mlink.master and (mns.name, mlink.name) != (ns.name, link.name):
+                    bridge = mns.links.get(mlink.master)
+                    if bridge and bridge.mac == dst_mac:
+                        self.hop(ns, "xmit", f"out {link.name} onto L2 segment {link.segment} -> "
+                                             f"{mns.name} {mlink.name}", link.name, pkt=pkt)
+                        self._receive(mns, mlink, frame, dst_mac)
+                        return
+            self._drop(ns, f"no station with MAC {dst_mac} on segment {link.segment}", pkt)
+        self._drop(ns, f"cannot transmit on {link.name} ({link.kind})", pkt)
+
+    # ------------------------------------------------------------ bridge
+    def _bridge_port_for(self, ns: Netns, bridge: Link, mac: str) -> tuple[Optional[Link], str]:
+        for e in ns.fdb:
+            if e.master == bridge.name and e.mac == mac:
+                return ns.links.get(e.dev), f"fdb {e.mac} dev {e.dev} master {bridge.name}" + \
+                    (" permanent" if e.permanent else "")
+        learned = self.rt.fdb(ns, bridge.name).get(mac)
+        if learned:
+            return ns.links.get(learned), f"fdb {mac} dev {learned} master {bridge.name} (learned)"
+        # unknown unicast: flooded; the port behind which the MAC lives takes it
+        for port in ns.links.values():
+            if port.master != bridge.name:
+                continue
+            if port.mac == mac:
+                return port, f"{mac} is the port's own address"
+            for rns, rlink in self._l2_receivers(ns, port, {(ns.name, bridge.name)}):
+                if rlink.mac == mac:
+                    return port, f"{mac} not in the FDB: flooded, answered behind {port.name}"
+        return None, f"{mac} unknown on {bridge.name}"
+
+    def _bridge_forward(self, ns: Netns, bridge: Link, in_port: Optional[Link], frame: Frame,
+                        dst_mac: str) -> None:
+        pkt = frame.pkt
+        port, how = self._bridge_port_for(ns, bridge, dst_mac)
+        if port is None:
+            self._drop(ns, f"bridge {bridge.name}: {how}", pkt)
+        if in_port is not None and port.name == in_port.name and not port.hairpin:
+            self._drop(ns, f"bridge {bridge.name}: destination is behind the ingress port {port.name} and "
+                           "hairpin mode is off", pkt)
+        self.hop(ns, "bridge", f"{bridge.name}: {how} -> out {port.name}", port.name, pkt=pkt)
+        if in_port is not None and ns.sysctl_on("net.bridge.bridge-nf-call-iptables"):
+            tracked = self.rt.ct(ns).track(pkt)
+            self._hook(ns, "FORWARD", frame, tracked, in_iface=bridge.name, out_iface=bridge.name,
+                       physdev_in=in_port.name, physdev_out=port.name, bridged=True)
+            self._hook(ns, "POSTROUTING", frame, tracked, in_iface=bridge.name, out_iface=bridge.name,
+                       physdev_in=in_port.name, physdev_out=port.name, bridged=True)
+            self.rt.ct(ns).confirm(tracked)
+        self._l2_send(ns, port, frame, dst_mac, bridged=in_port is not None)
+
+    # ------------------------------------------------------------ reception
+    def _receive(self, ns: Netns, link: Link, frame: Frame, dst_mac: Optional[str]) -> None:
+        pkt = frame.pkt
+        if not link.up:
+            self._drop(ns, f"{link.name} is down", pkt)
+        if link.master:
+            bridge = ns.links.get(link.master)
+            if bridge is None:
+                self._drop(ns, f"{link.name} is enslaved to a missing bridge {link.master}", pkt)
+            self.rt.fdb(ns, bridge.name)[pkt.src_mac or ""] = link.name
+            if dst_mac == bridge.mac:
+                self.hop(ns, "bridge", f"{bridge.name}: frame from port {link.name} is addressed to the "
+                                       "bridge itself: up the host stack", link.name, pkt=pkt)
+                self._ip_input(ns, bridge, frame)
+                return
+            if ns.sysctl_on("net.bridge.bridge-nf-call-iptables"):
+                tracked = self.rt.ct(ns).track(pkt)
+                before = pkt.dst
+                self._hook(ns, "PREROUTING", frame, tracked, in_iface=bridge.name,
+                           physdev_in=link.name, bridged=True)
+                if pkt.dst != before:
+                    self.hop(ns, "bridge", f"br_netfilter: destination rewritten to {pkt.dst}: "
+                                           "the frame is routed instead of bridged", link.name, pkt=pkt)
+                    self._ip_input(ns, bridge, frame, tracked)
+                    return
+            self._bridge_forward(ns, bridge, link, frame, dst_mac)
+            return
+        if dst_mac not in (None, BROADCAST_MAC, link.mac) and not link.noarp and link.kind not in ("ipip",):
+            self._drop(ns, f"{link.name}: frame for {dst_mac} is not for this host (PACKET_OTHERHOST)", pkt)
+        self._ip_input(ns, link, frame)
+
+    def _ip_input(self, ns: Netns, link: Link, frame: Frame, tracked: Optional[Tracked] = None) -> None:
+        pkt = frame.pkt
+        self.hop(ns, "recv", f"in {link.name}", link.name, pkt=pkt)
+        routing = tables_of(ns)
+        self._tc_ingress_service(ns, link, pkt)
+        mode = ns.rp_filter(link.name)
+        if mode and not pkt.src.is_unspecified:
+            back = routing.lookup(pkt.src, None, None, None, pkt.mark)
+            if not back.ok or (mode == 1 and back.dev != link.name and back.type != "local"):
+                self._drop(ns, f"rp_filter={mode} on {link.name}: the route back to {pkt.src} "
+                               f"{'does not exist' if not back.ok else 'leaves via ' + str(back.dev)}", pkt)
+        if tracked is None:
+            tracked = self.rt.ct(ns).track(pkt)
+            self._conntrack_hop(ns, tracked, pkt, "PREROUTING")
+            note = apply_dst_manip(tracked, pkt)
+            if note:
+                self.hop(ns, "conntrack", note, link.name, pkt=pkt)
+            self._hook(ns, "PREROUTING", frame, tracked, in_iface=link.name)
+        route = routing.lookup(pkt.dst, pkt.src, link.name, None, pkt.mark)
+        if not route.ok:
+            self.hop(ns, "route", route.text(pkt.src, link.name), link.name, pkt=pkt)
+            self._drop(ns, f"no route to {pkt.dst}: {route.error}", pkt)
+        if route.type == "local":
+            self.hop(ns, "route", route.text(pkt.src, link.name), link.name, pkt=pkt)
+            self._local_in(ns, link, frame, tracked)
+            return
+        if route.type in ("broadcast", "multicast"):
+            self._drop(ns, f"{route.type} destination {pkt.dst} (not forwarded)", pkt)
+        fwd = "net.ipv4.ip_forward" if pkt.family == 4 else "net.ipv6.conf.all.forwarding"
+        if not ns.sysctl_on(fwd):
+            self.hop(ns, "route", route.text(pkt.src, link.name), link.name, pkt=pkt)
+            self._drop(ns, f"{pkt.dst} is not local and {fwd}=0: not forwarded", pkt)
+        self.hop(ns, "route", f"forward: {route.text(pkt.src, link.name)}", route.dev, pkt=pkt)
+        pkt.ttl -= 1
+        if pkt.ttl <= 0:
+            self._drop(ns, "TTL exceeded in transit (ICMP time exceeded)", pkt)
+        self._hook(ns, "FORWARD", frame, tracked, in_iface=link.name, out_iface=route.dev)
+        self._output(ns, frame, route, tracked, in_link=link)
+
+    def _tc_ingress_service(self, ns: Netns, link: Link, pkt: Packet) -> None:
+        """eBPF kube-proxy replacement at the NIC (tc ingress): NodePort / LB / external IPs."""
+        lb = ns.socket_lb
+        if lb is None or pkt.dport is None or link.kind in ("veth", "loopback"):
+            return
+        svc = lb.services.get((pkt.dst, pkt.dport, pkt.proto))
+        if svc is None or svc.kind == "ClusterIP":
+            return
+        if not svc.backend_ids:
+            self.hop(ns, "tc-ingress", f"bpf_host from-netdev: {svc.kind} {ep(svc.vip, svc.port)} of "
+                     f"{svc.service} has no {'local ' if svc.local_only else ''}backends: drop", link.name, pkt=pkt)
+            self._drop(ns, f"eBPF service {svc.service}: no backends", pkt)
+        n = len(svc.backend_ids)
+        i = self.rt.choose(f"tc-lb:{ep(svc.vip, svc.port)}",
+                           [(str(lb.backends[b][0]), 1 / n) for b in svc.backend_ids])
+        addr, port = lb.backends[svc.backend_ids[i]]
+        tracked = self.rt.ct(ns).track(pkt)
+        old = ep(pkt.dst, pkt.dport)
+        if tracked.conn is not None and tracked.new:
+            bind_dnat(tracked.conn, addr, port)
+        pkt.dst, pkt.dport = addr, port
+        self.hop(ns, "tc-ingress", f"bpf_host from-netdev: {svc.kind} {old} ({svc.service}) -> backend "
+                 f"slot {i + 1} of {n} {ep(addr, port)}", link.name, pkt=pkt)
+
+    # ------------------------------------------------------------ local delivery
+    def _local_in(self, ns: Netns, link: Link, frame: Frame, tracked: Tracked) -> None:
+        pkt = frame.pkt
+        self._hook(ns, "INPUT", frame, tracked, in_iface=link.name)
+        if self._ipvs(ns, frame, tracked):
+            return
+        note = apply_src_manip(tracked, pkt)
+        if note:
+            self.hop(ns, "conntrack", note, link.name, pkt=pkt)
+        self.rt.ct(ns).confirm(tracked)
+        if tracked.conn is not None and tracked.direction == "REPLY":
+            tracked.conn.seen_reply = True
+        if frame.inner is not None or self._is_tunnel_packet(ns, pkt):
+            self._decapsulate(ns, frame)
+            return
+        # a reply reaching the socket that started the walk
+        client = self.rt.client_sockets.get((ns.name, pkt.proto, pkt.dst, pkt.dport))
+        if client is not None:
+            src = (pkt.src, pkt.sport)
+            reverse = self.rt.sock_lb_reverse.get((ns.name, pkt.proto, pkt.dport, pkt.src, pkt.sport))
+            if reverse is not None:
+                self.hop(ns, "socket-lb", f"cgroup/recvmsg (eBPF socket LB): reply from backend "
+                         f"{ep(pkt.src, pkt.sport)} shown to the application as {ep(*reverse)}", pkt=pkt)
+                src = reverse
+            expect = client
+            if src == expect:
+                self._end("delivered", ns, f"reply received by the client socket "
+                          f"{ep(pkt.dst, pkt.dport)}, from {ep(*src)} as the client expects", pkt)
+            self._end("dropped", ns, f"reply from {ep(*src)} does not match the client's connection to "
+                      f"{ep(*expect)} (the socket would send RST)", pkt)
+        if pkt.proto in ("icmp", "icmpv6") and (pkt.icmp_type in (None, 8, 128)):
+            self._end("answered", ns, f"ICMP echo request answered by the kernel of {ns.name}", pkt)
+        listener = _find_listener(ns, pkt)
+        if listener is not None:
+            who = f" ({listener.owner})" if listener.owner else ""
+            self._end("delivered", ns, f"delivered to socket {listener.proto} {ep(listener.ip, listener.port)}"
+                      f"{who}", pkt, listener)
+        if pkt.proto == "tcp":
+            self._end("rejected", ns, f"nothing listens on {ep(pkt.dst, pkt.dport)}/tcp: the kernel answers RST",
+                      pkt)
+        self._end("rejected", ns, f"nothing listens on {ep(pkt.dst, pkt.dport)}/{pkt.proto}: "
+                  "ICMP port unreachable", pkt)
+
+    def _ipvs(self, ns: Netns, frame: Frame, tracked: Tracked) -> bool:
+        """IPVS at LOCAL_IN: a virtual service picks a real server and NATs to it."""
+        pkt = frame.pkt
+        if not ns.ipvs or pkt.dport is None or (tracked.conn is not None and not tracked.new
+                                                and tracked.direction == "REPLY"):
+            return False
+        proto = pkt.proto.upper()
+        svc = next((s for s in ns.ipvs if s.protocol == proto and s.vip == pkt.dst and s.port == pkt.dport),
+                   None)
+        if svc is None:
+            return False
+        if tracked.new:
+            if not svc.reals:
+                self.hop(ns, "ipvs", f"IPVS {proto} {ep(svc.vip, svc.port)} {svc.scheduler}: no real servers",
+                         pkt=pkt)
+                self._drop(ns, f"IPVS service {ep(svc.vip, svc.port)} has no real servers", pkt)
+            weights = [r.weight for r in svc.reals]
+            total = sum(weights) or len(weights)
+            if svc.scheduler in ("sh", "mh", "dh"):
+                options = [(str(r.ip), 1 / len(svc.reals)) for r in svc.reals]
+                how = f"{svc.scheduler}: hash of the {'source' if svc.scheduler != 'dh' else 'destination'} address"
+            elif svc.scheduler in ("lc", "wlc", "sed", "nq"):
+                least = min(r.active_conns for r in svc.reals)
+                pool = [r for r in svc.reals if r.active_conns == least]
+                options = [(str(r.ip), (1 / len(pool)) if r in pool else 0.0) for r in svc.reals]
+                how = f"{svc.scheduler}: the real server with the fewest connections"
+            else:
+                options = [(str(r.ip), (w or 1) / total) for r, w in zip(svc.reals, weights)]
+                how = f"{svc.scheduler}: next in turn"
+            i = self.rt.choose(f"ipvs:{ep(svc.vip, svc.port)}", options)
+            real = svc.reals[i]
+            bind_dnat(tracked.conn, real.ip, real.port)
+            old = ep(pkt.dst, pkt.dport)
+            pkt.dst, pkt.dport = real.ip, real.port
+            self.hop(ns, "ipvs", f"IPVS {proto} {old} ({how}) -> {real.method} {ep(real.ip, real.port)} "
+                     f"(real server {i + 1} of {len(svc.reals)})", pkt=pkt)
+        else:
+            note = apply_dst_manip(tracked, pkt)
+            self.hop(ns, "ipvs", f"IPVS connection entry: {note or 'same real server'}", pkt=pkt)
+        routing = tables_of(ns)
+        route = routing.lookup(pkt.dst, pkt.src, None, None, pkt.mark)
+        self.hop(ns, "route", route.text(), route.dev, pkt=pkt)
+        if not route.ok:
+            self._drop(ns, f"no route to real server {pkt.dst}: {route.error}", pkt)
+        self._hook(ns, "OUTPUT", frame, tracked, out_iface=route.dev)
+        self._output(ns, frame, route, tracked, in_link=None)
+        return True
+
+    # ------------------------------------------------------------ tunnels
+    def _vxlan_encap(self, ns: Netns, link: Link, frame: Frame, dst_mac: str) -> None:
+        pkt = frame.pkt
+        vx = link.vxlan
+        remote = None
+        how = ""
+        for e in ns.fdb:
+            if e.dev == link.name and e.mac == dst_mac and e.dst is not None:
+                remote, how = e.dst, f"fdb {e.mac} dev {link.name} dst {e.dst} self" + (" permanent" if e.permanent else "")
+                break
+        if remote is None:
+            for e in ns.fdb:
+                if e.dev == link.name and e.mac == "00:00:00:00:00:00" and e.dst is not None:
+                    remote, how = e.dst, f"no entry for {dst_mac}: default fdb 00:00:00:00:00:00 dst {e.dst}"
+                    break
+        if remote is None and vx.remote is not None:
+            remote, how = vx.remote, f"remote {vx.remote}"
+        if remote is None:
+            self._drop(ns, f"{link.name}: no FDB entry for {dst_mac} (VXLAN cannot find the remote VTEP)", pkt)
+        routing = tables_of(ns)
+        src = vx.local or routing.lookup(remote).src
+        if src is None:
+            self._drop(ns, f"{link.name}: no local address to reach VTEP {remote}", pkt)
+        # the kernel hashes the inner flow into the outer source port (for ECMP spreading)
+        sport = 32768 + ((int(pkt.src) ^ int(pkt.dst) ^ (pkt.sport or 0) ^ (pkt.dport or 0)) & 0x3FFF)
+        outer = Packet(src, remote, "udp", sport, vx.dstport, length=pkt.length + VXLAN_OVERHEAD,
+                       mark=0)
+        self.hop(ns, "vxlan", f"{link.name}: {how}; encapsulate VNI {vx.vni} in UDP "
+                 f"{ep(src, sport)} -> {ep(remote, vx.dstport)}", link.name, pkt=pkt)
+        self._local_out(ns, Frame(outer, inner=frame, vni=vx.vni, inner_dst_mac=dst_mac))
+
+    def _ipip_encap(self, ns: Netns, link: Link, frame: Frame, nexthop: IPAddress) -> None:
+        pkt = frame.pkt
+        tun = link.tunnel
+        remote = tun.remote if tun and tun.remote else nexthop
+        routing = tables_of(ns)
+        src = (tun.local if tun and tun.local else None) or routing.lookup(remote).src
+        outer = Packet(src, remote, "ipip", None, None, length=pkt.length + IPIP_OVERHEAD)
+        self.hop(ns, "ipip", f"{link.name}: encapsulate IP-in-IP {src} -> {remote}", link.name, pkt=pkt)
+        self._local_out(ns, Frame(outer, inner=frame))
+
+    def _is_tunnel_packet(self, ns: Netns, pkt: Packet) -> bool:
+        return pkt.proto == "ipip"
+
+    def _decapsulate(self, ns: Netns, frame: Frame) -> None:
+        outer = frame.pkt
+        inner = frame.inner
+        if inner is None:
+            self._drop(ns, "tunnel packet without payload", outer)
+        if outer.proto == "udp":
+            for link in ns.links.values():
+                vx = link.vxlan
+                if link.kind == "vxlan" and vx and vx.dstport == outer.dport and vx.vni == frame.vni \
+                        and (vx.local is None or vx.local == outer.dst):
+                    self.hop(ns, "vxlan", f"UDP {outer.dport} VNI {frame.vni}: decapsulated by {link.name}",
+                             link.name, pkt=inner.pkt)
+                    self._receive(ns, link, inner, frame.inner_dst_mac)
+                    return
+            self._drop(ns, f"no VXLAN device with VNI {frame.vni} on UDP port {outer.dport}", outer)
+        if outer.proto == "ipip":
+            for link in ns.links.values():
+                if link.kind == "ipip":
+                    self.hop(ns, "ipip", f"IP-in-IP from {outer.src}: decapsulated by {link.name}", link.name,
+                             pkt=inner.pkt)
+                    self._receive(ns, link, inner, None)
+                    return
+            self._drop(ns, "IP-in-IP packet but no ipip device", outer)
+        self._drop(ns, f"cannot decapsulate {outer.proto}", outer)
+
+    # ------------------------------------------------------------ netfilter
+    def _conntrack_hop(self, ns: Netns, tracked: Tracked, pkt: Packet, where: str) -> None:
+        if not (ns.iptables or ns.nft or ns.ipvs):
+            return                  # no netfilter in this namespace: nothing worth showing
+        if tracked.new:
+            self.hop(ns, "conntrack", f"new connection {tuple_text(pkt)}", pkt=pkt)
+        else:
+            self.hop(ns, "conntrack", f"{tracked.direction.lower()} direction of {tracked.conn.text()}", pkt=pkt)
+
+    def _hook(self, ns: Netns, hook: str, frame: Frame, tracked: Tracked, *,
+              in_iface: Optional[str] = None, out_iface: Optional[str] = None,
+              physdev_in: Optional[str] = None, physdev_out: Optional[str] = None,
+              bridged: bool = False, route: Optional[RouteResult] = None) -> None:
+        pkt = frame.pkt
+        if not (ns.iptables or ns.ip6tables or ns.nft):
+            return
+        conn_view = tracked.view()
+        conn_view.mark = tracked.conn.mark if tracked.conn else 0
+        result = run_hook(ns, hook, pkt, conn_view, self.rt, in_iface=in_iface, out_iface=out_iface,
+                          physdev_in=physdev_in, physdev_out=physdev_out, bridged=bridged,
+                          first_packet=tracked.new)
+        if tracked.conn is not None:
+            tracked.conn.mark = conn_view.mark
+            if result.notrack:
+                tracked.conn.notrack = True
+        if not result.steps and not result.nat and result.verdict == "ACCEPT":
+            return
+        stage = ("bridge-nf " if bridged else "") + hook
+        self.hop(ns, stage, ", ".join(result.chains_run) or hook, out_iface or in_iface,
+                 steps=result.steps, pkt=pkt)
+        if result.verdict == "DROP":
+            last = result.steps[-1] if result.steps else None
+            self._drop(ns, f"dropped by {last.where() if last else hook}: {last.text if last else ''}".strip(), pkt)
+        if result.verdict == "REJECT":
+            last = result.steps[-1] if result.steps else None
+            self._end("rejected", ns, f"rejected ({result.reject_with or 'icmp-port-unreachable'}) by "
+                      f"{last.where() if last else hook}", pkt)
+        for ref, nat in result.nat:
+            self._apply_nat(ns, hook, nat, pkt, tracked, in_iface, out_iface, route)
+
+    def _apply_nat(self, ns: Netns, hook: str, nat: NatAction, pkt: Packet, tracked: Tracked,
+                   in_iface: Optional[str], out_iface: Optional[str], route: Optional[RouteResult]) -> None:
+        conn = tracked.conn
+        if nat.kind in ("DNAT", "REDIRECT"):
+            if nat.kind == "REDIRECT":
+                addr = ipaddress.ip_address("127.0.0.1" if hook == "OUTPUT" else "0.0.0.0")
+                if hook != "OUTPUT":
+                    link = ns.links.get(in_iface or "")
+                    addr = link.addresses[0].ip if link and link.addresses else addr
+                port = nat.port
+            else:
+                addr = nat.addr if nat.addr is not None else pkt.dst
+                port = nat.port if nat.port is not None else pkt.dport
+            old = ep(pkt.dst, pkt.dport)
+            pkt.dst, pkt.dport = addr, port
+            if conn is not None:
+                bind_dnat(conn, addr, port)
+            self.hop(ns, "nat", f"{nat.kind}: destination {old} -> {ep(addr, port)}", pkt=pkt)
+            return
+        if nat.kind == "MASQUERADE":
+            towards = route.nexthop if route is not None else pkt.dst
+            addr = tables_of(ns).select_source(out_iface, towards)
+            if addr is None:
+                self._drop(ns, f"MASQUERADE: {out_iface} has no address", pkt)
+            port = nat.port if nat.port is not None else pkt.sport
+            how = f"MASQUERADE to the address of {out_iface}"
+        else:
+            addr = nat.addr if nat.addr is not None else pkt.src
+            port = nat.port if nat.port is not None else pkt.sport
+            how = "SNAT"
+        if nat.random_fully:
+            how += " (random-fully: the kernel picks a random source port; shown unchanged)"
+        old = ep(pkt.src, pkt.sport)
+        pkt.src, pkt.sport = addr, port
+        if conn is not None:
+            bind_snat(conn, addr, port)
+        self.hop(ns, "nat", f"{how}: source {old} -> {ep(addr, port)}", out_iface, pkt=pkt)
+
+
+def tuple_text(pkt: Packet) -> str:
+    return f"{pkt.proto} {ep(pkt.src, pkt.sport)} -> {ep(pkt.dst, pkt.dport)}"
+
+
+def _blocked(segment, a: str, b: str) -> bool:
+    if segment is None or not segment.blocked_pairs:
+        return False
+    return (a, b) in segment.blocked_pairs or (b, a) in segment.blocked_pairs
+
+
+def _find_listener(ns: Netns, pkt: Packet) -> Optional[Listener]:
+    best = None
+    for l in ns.listeners:
+        if l.proto != pkt.proto or l.port != pkt.dport:
+            continue
+        if l.ip == pkt.dst:
+            return l
+        if l.ip.is_unspecified and l.ip.version == pkt.dst.version:
+            best = best or l
+    return best
