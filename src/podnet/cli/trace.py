@@ -1,0 +1,84 @@
+"""`podnet trace`: the life of a packet, hop by hop, rule by rule."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import click
+
+from ..errors import InputError
+from ..linux.netfilter import Packet
+from ..sim.endpoints import resolve_destination, resolve_source
+from ..sim.trace import TraceRequest, explain_json, explain_text, trace
+from .main import cli, handle_errors, load_cluster, manifests_option
+
+
+def build_request(src, dst, proto: str, sport: int, size: int, reply: bool, seed, picks) -> TraceRequest:
+    family_any = ipaddress.ip_address("0.0.0.0" if dst.ip.version == 4 else "::")
+    proto = dst.proto or proto
+    if proto == "icmp" and dst.ip.version == 6:
+        proto = "icmpv6"
+    port = dst.port if proto not in ("icmp", "icmpv6") else None
+    if proto in ("tcp", "udp", "sctp") and port is None:
+        raise InputError(f"{dst.label}: a {proto} trace needs a destination port (IP:PORT)", field="--to")
+    pkt = Packet(src.ip or family_any, dst.ip, proto, sport if port is not None else None, port,
+                 icmp_type=8 if proto == "icmp" else (128 if proto == "icmpv6" else None),
+                 length=size)
+    return TraceRequest(src.ns, pkt, src.inject_iface, reply=reply, seed=seed, picks=picks,
+                        label=f"{src.label} -> {dst.label}".strip())
+
+
+@cli.command("trace", context_settings=dict(help_option_names=["-h", "--help"]))
+@click.option("--from", "source", required=True,
+              help="pod/NAME, node/NAME, ip/IP, IP[@NETNS[/IFACE]] or @NETNS.")
+@click.option("--to", "destination", required=True,
+              help="pod/NAME[:PORT], svc/NAME[:PORT], NAME.NAMESPACE[:PORT] (DNS), IP:PORT[/proto].")
+@click.option("-p", "--protocol", type=click.Choice(["tcp", "udp", "sctp", "icmp"]), default="tcp",
+              show_default=True)
+@click.option("--sport", type=int, default=40000, show_default=True, help="Client source port.")
+@click.option("--size", type=int, default=84, show_default=True, help="Packet size in bytes (MTU checks).")
+@click.option("--reply/--no-reply", default=True, show_default=True, help="Also walk the answer back.")
+@click.option("--seed", type=int, default=None, help="Follow one random draw instead of listing every outcome.")
+@click.option("--snapshot", "snapshot_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Trace through a snapshot of real machines (podnet snapshot DIR) instead of a cluster.")
+@click.option("--cni", default=None, help="Override the cluster's CNI (kindnet, flannel, calico, weave, kubenet).")
+@click.option("--proxy-mode", default=None,
+              help="Override kube-proxy's mode (iptables, nftables, ipvs, ebpf, userspace, none).")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@manifests_option
+@handle_errors
+def trace_cmd(source, destination, protocol, sport, size, reply, seed, snapshot_dir, cni, proxy_mode,
+              output, paths):
+    """Walk a packet through the dataplane and explain every hop.
+
+    Each hop says where the packet is (node, namespace, interface), what the kernel
+    decided (route, ARP, bridge FDB, VXLAN, conntrack) and which netfilter rules
+    matched, with their text. Random choices (a Service's endpoints, IPVS, eBPF
+    slots) are listed as outcomes with their probabilities; --seed follows one.
+
+    \b
+    Examples:
+      podnet trace --from pod/net-tshoot --to svc/web:80           (the guide's lab)
+      podnet trace -f lab/ --from node/k8s-guide-worker --to svc/web:80
+      podnet trace -f lab/ --from pod/net-tshoot-abcde --to 1.1.1.1:443
+      podnet trace --snapshot dump/ --from 10.244.1.3 --to 10.96.0.10:53/udp
+    """
+    if snapshot_dir:
+        if paths:
+            raise InputError("use either --snapshot or -f, not both")
+        from ..snapshot.load import load_snapshot
+        state = load_snapshot(snapshot_dir)
+        src = resolve_source(state, source)
+        dst = resolve_destination(destination, None)
+        req = build_request(src, dst, protocol, sport, size, reply, seed, None)
+    else:
+        from ..dataplane import build_dataplane, resolve_endpoints
+        cluster = load_cluster(paths)
+        dp = build_dataplane(cluster, cni=cni, proxy_mode=proxy_mode)
+        state = dp.state
+        src, dst, preamble = resolve_endpoints(dp, source, destination, protocol)
+        req = build_request(src, dst, protocol, sport, size, reply, seed, None)
+        if preamble and output == "text":
+            click.echo(preamble)
+    result = trace(state, req)
+    click.echo(explain_json(state, result) if output == "json" else explain_text(state, result))

@@ -1,0 +1,183 @@
+"""The dataplane state printed the way Linux tools print it.
+
+`ip route`, `ip -br link`, `ip -br addr`, `ip neigh`, `bridge fdb`, `ipvsadm -Ln`,
+so podnet's output can be read (and diffed) like a real node's.
+"""
+
+from __future__ import annotations
+
+from .state import IpvsService, Link, Netns, Route, table_name
+
+
+def _dst(r: Route) -> str:
+    if r.dst.prefixlen == 0:
+        return "default"
+    if r.dst.prefixlen == r.dst.max_prefixlen:
+        return str(r.dst.network_address)
+    return str(r.dst)
+
+
+def route_line(r: Route, show_table: bool = False) -> str:
+    """One `ip route` line in iproute2's field order."""
+    parts = []
+    if r.type != "unicast":
+        parts.append(r.type)
+    parts.append(_dst(r))
+    if r.via is not None and not r.nexthops:
+        parts += ["via", str(r.via)]
+    if r.dev and not r.nexthops:
+        parts += ["dev", r.dev]
+    if show_table and r.table != 254:
+        parts += ["table", table_name(r.table)]
+    if r.proto not in ("boot", ""):
+        parts += ["proto", r.proto]
+    if r.scope not in ("global", "universe"):
+        parts += ["scope", r.scope]
+    if r.src is not None:
+        parts += ["src", str(r.src)]
+    if r.metric:
+        parts += ["metric", str(r.metric)]
+    if r.onlink:
+        parts.append("onlink")
+    line = " ".join(parts)
+    for nh in r.nexthops:
+        nh_parts = ["nexthop"]
+        if nh.via is not None:
+            nh_parts += ["via", str(nh.via)]
+        if nh.dev:
+            nh_parts += ["dev", nh.dev]
+        nh_parts += ["weight", str(nh.weight)]
+        if nh.onlink:
+            nh_parts.append("onlink")
+        line += "\n\t" + " ".join(nh_parts)
+    return line
+
+
+def _route_sort_key(r: Route):
+    # iproute2 prints in kernel FIB order; podnet orders by table, then default first,
+    # then by destination address and prefix, which is how the kernel's trie walks them
+    return (r.table != 254, r.table, r.dst.version, r.dst.prefixlen != 0, int(r.dst.network_address),
+            r.dst.prefixlen, r.metric)
+
+
+def ip_route(ns: Netns, table: str | int = "main", family: int = 4, include_kernel: bool = True) -> str:
+    from .routing import effective_routes
+    routes = effective_routes(ns) if include_kernel else list(ns.routes)
+    all_tables = table == "all"
+    tid = None if all_tables else (254 if table == "main" else (255 if table == "local" else int(table)))
+    chosen = [r for r in routes if r.dst.version == family and (all_tables or r.table == tid)]
+    return "\n".join(route_line(r, show_table=all_tables) for r in sorted(chosen, key=_route_sort_key))
+
+
+def _link_name(ns: Netns, link: Link, peer_index: dict) -> str:
+    if link.peer is not None:
+        idx = peer_index.get(link.peer)
+        return f"{link.name}@if{idx}" if idx else f"{link.name}@{link.peer[1]}"
+    return link.name
+
+
+def _peer_indexes(ns: Netns, state=None) -> dict:
+    out = {}
+    if state is None:
+        return out
+    for link in ns.links.values():
+        if link.peer is not None:
+            pns = state.namespaces.get(link.peer[0])
+            if pns and link.peer[1] in pns.links:
+                out[link.peer] = pns.links[link.peer[1]].ifindex
+    return out
+
+
+def _flags(link: Link) -> str:
+    if link.kind == "loopback":
+        flags = ["LOOPBACK"]
+    else:
+        flags = ["BROADCAST", "MULTICAST"] if not link.noarp else ["POINTOPOINT", "NOARP"]
+    if link.up:
+        flags += ["UP", "LOWER_UP"]
+    return "<" + ",".join(flags) + ">"
+
+
+def ip_br_link(ns: Netns, state=None) -> str:
+    peers = _peer_indexes(ns, state)
+    lines = []
+    for link in sorted(ns.links.values(), key=lambda l: l.ifindex):
+        state_s = "UNKNOWN" if link.kind in ("loopback", "vxlan", "ipip", "dummy") and link.up else \
+            ("UP" if link.up else "DOWN")
+        mac = "00:00:00:00:00:00" if link.kind == "loopback" else (link.mac or "")
+        lines.append(f"{_link_name(ns, link, peers):<16} {state_s:<14} {mac} {_flags(link)}")
+    return "\n".join(lines)
+
+
+def ip_br_addr(ns: Netns, state=None, family: int | None = None) -> str:
+    peers = _peer_indexes(ns, state)
+    lines = []
+    for link in sorted(ns.links.values(), key=lambda l: l.ifindex):
+        addrs = [str(a.interface) for a in link.addresses if family is None or a.ip.version == family]
+        state_s = "UNKNOWN" if link.kind in ("loopback", "vxlan", "ipip", "dummy") and link.up else \
+            ("UP" if link.up else "DOWN")
+        lines.append(f"{_link_name(ns, link, peers):<16} {state_s:<14} {' '.join(addrs)}".rstrip())
+    return "\n".join(lines)
+
+
+def ip_neigh(ns: Netns) -> str:
+    lines = []
+    for n in ns.neighbours:
+        if n.proxy:
+            lines.append(f"{n.ip} dev {n.dev}  proxy")
+        else:
+            lines.append(f"{n.ip} dev {n.dev} lladdr {n.lladdr} {n.state}")
+    return "\n".join(lines)
+
+
+def bridge_fdb(ns: Netns) -> str:
+    lines = []
+    for e in ns.fdb:
+        parts = [e.mac, "dev", e.dev]
+        if e.vlan is not None:
+            parts += ["vlan", str(e.vlan)]
+        if e.dst is not None:
+            parts += ["dst", str(e.dst)]
+        if e.vni is not None:
+            parts += ["vni", str(e.vni)]
+        if e.master:
+            parts += ["master", e.master]
+        if e.self_:
+            parts.append("self")
+        if e.permanent:
+            parts.append("permanent")
+        elif e.static:
+            parts.append("static")
+        lines.append(" ".join(parts))
+    return "\n".join(lines)
+
+
+def _hostport(ip, port) -> str:
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def ipvsadm_ln(services: list[IpvsService]) -> str:
+    lines = ["IP Virtual Server version 1.2.1 (size=4096)",
+             "Prot LocalAddress:Port Scheduler Flags",
+             "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn"]
+    for s in sorted(services, key=lambda s: (s.protocol, int(s.vip), s.port)):
+        flags = f" persistent {s.persistent}" if s.persistent else ""
+        lines.append(f"{s.protocol:<4} {_hostport(s.vip, s.port)} {s.scheduler}{flags}")
+        for r in s.reals:
+            lines.append(f"  -> {_hostport(r.ip, r.port):<28} {r.method:<7} {r.weight:<6} "
+                         f"{r.active_conns:<10} 0")
+    return "\n".join(lines)
+
+
+def ipvsadm_save(services: list[IpvsService]) -> str:
+    """`ipvsadm -Sn` text (what ipvsadm-restore reads)."""
+    flag = {"TCP": "-t", "UDP": "-u", "SCTP": "--sctp-service"}
+    method = {"Masq": "-m", "Route": "-g", "Tunnel": "-i"}
+    lines = []
+    for s in sorted(services, key=lambda s: (s.protocol, int(s.vip), s.port)):
+        p = f" -p {s.persistent}" if s.persistent else ""
+        lines.append(f"-A {flag[s.protocol]} {_hostport(s.vip, s.port)} -s {s.scheduler}{p}")
+        for r in s.reals:
+            lines.append(f"-a {flag[s.protocol]} {_hostport(s.vip, s.port)} -r {_hostport(r.ip, r.port)} "
+                         f"{method.get(r.method, '-m')} -w {r.weight}")
+    return "\n".join(lines)
