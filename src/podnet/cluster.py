@@ -23,7 +23,7 @@ from typing import Iterable, Optional
 from .api.loader import Manifests, load_manifests
 from .api.objects import (EndpointSlice, GenericObject, Namespace, Node, ObjectMeta, Pod, Service,
                           Workload)
-from .config import ClusterConfig, build_config
+from .config import CNI_MODES, CNI_PLUGINS, PROXY_MODES, ClusterConfig, build_config
 from .control import bootstrap as boot
 from .control.endpointslices import mirror_endpoints, slices_for_service
 from .control.ipam import ipam_for
@@ -47,6 +47,7 @@ class Cluster:
         self.workloads: list[Workload] = []
         self.others: dict[str, list[GenericObject]] = {}
         self.warnings: list[str] = []
+        self.paths: list = []
         self.ipam = None
         self._node_by_name: dict[str, Node] = {}
         self._pod_by_key: dict[str, Pod] = {}
@@ -55,16 +56,36 @@ class Cluster:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, paths: Iterable[str | os.PathLike]) -> "Cluster":
-        """Load manifests (files, directories) and reconcile them into a cluster."""
-        return cls.from_manifests(load_manifests(paths))
+    def load(cls, paths: Iterable[str | os.PathLike], *, cni: Optional[str] = None,
+             cni_mode: Optional[str] = None, proxy_mode: Optional[str] = None) -> "Cluster":
+        """Load manifests (files, directories) and reconcile them into a cluster.
+
+        `cni`, `cni_mode` and `proxy_mode` override the cluster definition (as
+        `--cni` / `--proxy-mode` do): the CNI decides pod IPAM, so it is chosen
+        before the controllers run."""
+        paths = list(paths)
+        cluster = cls.from_manifests(load_manifests(paths), cni=cni, cni_mode=cni_mode, proxy_mode=proxy_mode)
+        cluster.paths = paths
+        return cluster
 
     @classmethod
-    def from_manifests(cls, bag: Manifests) -> "Cluster":
-        cluster = cls(build_config(bag))
+    def from_manifests(cls, bag: Manifests, *, cni: Optional[str] = None, cni_mode: Optional[str] = None,
+                       proxy_mode: Optional[str] = None) -> "Cluster":
+        cfg = build_config(bag)
+        apply_overrides(cfg, cni, cni_mode, proxy_mode)
+        cluster = cls(cfg)
         cluster.warnings.extend(bag.warnings)
         cluster._reconcile(bag)
         return cluster
+
+    def with_overrides(self, cni: Optional[str] = None, proxy_mode: Optional[str] = None) -> "Cluster":
+        """The same inputs with another CNI or service proxy (reloaded, so IPAM follows the CNI)."""
+        if not self.paths:
+            raise InputError("this cluster was not loaded from files; use Cluster.load(paths, cni=..., "
+                             "proxy_mode=...) to change its CNI or proxy")
+        return Cluster.load(self.paths, cni=cni or self.config.cni.plugin,
+                            cni_mode=None if cni and cni != self.config.cni.plugin else self.config.cni.mode,
+                            proxy_mode=proxy_mode or self.config.proxy.mode)
 
     @classmethod
     def example(cls, name: str = "guide-lab") -> "Cluster":
@@ -280,6 +301,25 @@ class Cluster:
     @property
     def control_plane_nodes(self) -> list[Node]:
         return [n for n in self.nodes if n.is_control_plane]
+
+
+def apply_overrides(cfg: ClusterConfig, cni: Optional[str], cni_mode: Optional[str],
+                    proxy_mode: Optional[str]) -> None:
+    if cni:
+        if cni not in CNI_PLUGINS:
+            raise InputError(f"unknown CNI {cni!r} (known: {', '.join(CNI_PLUGINS)})", field="--cni")
+        if cni != cfg.cni.plugin:
+            cfg.cni.plugin, cfg.cni.mode = cni, CNI_MODES[cni][0]
+    if cni_mode:
+        if cni_mode not in CNI_MODES[cfg.cni.plugin]:
+            raise InputError(f"{cfg.cni.plugin} has no mode {cni_mode!r} "
+                             f"(modes: {', '.join(CNI_MODES[cfg.cni.plugin])})", field="--cni-mode")
+        cfg.cni.mode = cni_mode
+    if proxy_mode:
+        if proxy_mode not in PROXY_MODES:
+            raise InputError(f"unknown proxy mode {proxy_mode!r} (known: {', '.join(PROXY_MODES)})",
+                             field="--proxy-mode")
+        cfg.proxy.mode = proxy_mode
 
 
 class LabelIndex:

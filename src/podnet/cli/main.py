@@ -51,8 +51,9 @@ def manifests_option(fn):
                         help="Manifest file or directory (repeatable). Default: the built-in guide lab.")(fn)
 
 
-def load_cluster(paths, quiet: bool = False) -> Cluster:
-    cluster = Cluster.load(list(paths) or [example_path()])
+def load_cluster(paths, quiet: bool = False, **overrides) -> Cluster:
+    """The cluster the -f paths define (the built-in guide lab when none are given)."""
+    cluster = Cluster.load(list(paths) or [example_path()], **overrides)
     if not quiet:
         for w in cluster.warnings:
             click.echo(f"warning: {w}", err=True)

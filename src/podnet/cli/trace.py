@@ -73,8 +73,8 @@ def trace_cmd(source, destination, protocol, sport, size, reply, seed, snapshot_
         req = build_request(src, dst, protocol, sport, size, reply, seed, None)
     else:
         from ..dataplane import build_dataplane, resolve_endpoints
-        cluster = load_cluster(paths)
-        dp = build_dataplane(cluster, cni=cni, proxy_mode=proxy_mode)
+        cluster = load_cluster(paths, cni=cni, proxy_mode=proxy_mode)
+        dp = build_dataplane(cluster)
         state = dp.state
         src, dst, preamble = resolve_endpoints(dp, source, destination, protocol)
         req = build_request(src, dst, protocol, sport, size, reply, seed, None)

@@ -762,7 +762,7 @@ def _blocked(segment, a: str, b: str) -> bool:
 def _find_listener(ns: Netns, pkt: Packet) -> Optional[Listener]:
     best = None
     for l in ns.listeners:
-        if l.proto != pkt.proto or l.port != pkt.dport:
+        if l.proto != pkt.proto or l.port not in (pkt.dport, 0):   # port 0: any port
             continue
         if l.ip == pkt.dst:
             return l

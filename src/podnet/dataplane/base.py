@@ -1,0 +1,234 @@
+"""Dataplane assembly and the names users give to things in it."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..api.objects import Node, Pod
+from ..cluster import Cluster
+from ..errors import InputError
+from ..linux.iptables_builder import IptablesBuilder
+from ..linux.state import DataplaneState, Listener, Netns
+from ..sim.endpoints import Destination, Source, parse_hostport, resolve_destination, split_proto
+from . import topology
+
+
+@dataclass
+class NodeContext:
+    """What a component sees while rendering one node."""
+    dp: "Dataplane"
+    node: Node
+    ns: Netns
+    iptables: IptablesBuilder = field(default_factory=IptablesBuilder)
+    ip6tables: IptablesBuilder = field(default_factory=IptablesBuilder)
+    nft: list[str] = field(default_factory=list)
+    ipsets: list[str] = field(default_factory=list)
+
+    @property
+    def cfg(self):
+        return self.dp.cluster.config
+
+    def pods(self) -> list[tuple[Pod, Netns]]:
+        """The node's pods that have their own sandbox (not hostNetwork)."""
+        return [(p, self.dp.state.namespaces[self.dp.pod_ns[p.key]]) for p in self.dp.cluster.pods_on(self.node.name)
+                if p.key in self.dp.pod_ns]
+
+
+@dataclass
+class Dataplane:
+    cluster: Cluster
+    state: DataplaneState
+    pod_ns: dict[str, str] = field(default_factory=dict)      # pod key -> netns name
+    contexts: dict[str, NodeContext] = field(default_factory=dict)
+    proxy_nodes: set[str] = field(default_factory=set)         # nodes that run a service proxy
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def cfg(self):
+        return self.cluster.config
+
+    def node_netns(self, node: str) -> Netns:
+        return self.state.netns(node)
+
+    def netns_of_pod(self, pod: Pod) -> Netns:
+        if pod.host_network:
+            return self.state.netns(pod.node_name)
+        name = self.pod_ns.get(pod.key)
+        if name is None:
+            raise InputError(f"pod {pod.key} has no network namespace (not scheduled or not running)")
+        return self.state.netns(name)
+
+
+def build_dataplane(cluster: Cluster, cni: Optional[str] = None, proxy_mode: Optional[str] = None) -> Dataplane:
+    if (cni and cni != cluster.config.cni.plugin) or (proxy_mode and proxy_mode != cluster.config.proxy.mode):
+        cluster = cluster.with_overrides(cni=cni, proxy_mode=proxy_mode)
+    cfg = cluster.config
+    state = DataplaneState(description=f"cluster {cfg.name}")
+    dp = Dataplane(cluster, state)
+    topology.build_underlay(cfg, state)
+    disabled = set(cfg.proxy.disabled_on_nodes)
+    for node in cluster.nodes:
+        runs_proxy = cfg.proxy.mode != "none" and node.name not in disabled
+        ns = topology.build_node(cfg, state, node, runs_proxy)
+        dp.contexts[node.name] = NodeContext(dp, node, ns)
+        if runs_proxy:
+            dp.proxy_nodes.add(node.name)
+
+    from ..cni import solution_for
+    solution = solution_for(cfg)
+    for ctx in dp.contexts.values():
+        solution.setup_node(ctx)
+    for pod in cluster.pods:
+        ctx = dp.contexts.get(pod.node_name)
+        if ctx is None or pod.terminal or not pod.pod_ips:
+            continue
+        if pod.host_network:
+            _host_network_listeners(ctx.ns, pod)
+            continue
+        pod_ns = topology.build_pod_sandbox(state, pod)
+        dp.pod_ns[pod.key] = pod_ns.name
+        solution.add_pod(ctx, pod, pod_ns)
+    solution.connect_nodes(dp)
+
+    from ..proxy.install import install_proxy
+    for name in sorted(dp.proxy_nodes, key=lambda n: [x.name for x in cluster.nodes].index(n)):
+        install_proxy(dp.contexts[name], cfg.proxy.mode)
+
+    _install_policy(dp)
+
+    for ctx in dp.contexts.values():
+        if ctx.iptables.tables:
+            ctx.ns.iptables = ctx.iptables.render()
+        if ctx.ip6tables.tables:
+            ctx.ns.ip6tables = ctx.ip6tables.render()
+        if ctx.nft:
+            ctx.ns.nft = "\n".join(ctx.nft) + "\n"
+        if ctx.ipsets:
+            ctx.ns.ipsets = "\n".join(ctx.ipsets) + "\n"
+        ctx.ns.invalidate()
+    return dp
+
+
+def _install_policy(dp: Dataplane) -> None:
+    """NetworkPolicy enforcement, when the policy package provides it."""
+    try:
+        from ..policy.enforce import install_policy
+    except ImportError:
+        return
+    install_policy(dp)
+
+
+def _host_network_listeners(ns: Netns, pod: Pod) -> None:
+    for c in pod.spec.containers:
+        for p in c.ports:
+            ns.listeners.append(Listener(p.protocol.lower(), ipaddress.ip_address("0.0.0.0"), p.container_port,
+                                         f"pod {pod.key} container {c.name} (hostNetwork)"))
+
+
+# ---------------------------------------------------------------------- names
+
+def _split_port(text: str) -> tuple[str, Optional[str]]:
+    name, sep, port = text.partition(":")
+    return name, (port if sep else None)
+
+
+def _service_port(svc, port_text: Optional[str]):
+    if not svc.ports:
+        raise InputError(f"service {svc.key} has no ports")
+    if port_text is None:
+        return svc.ports[0]
+    for p in svc.ports:
+        if p.name == port_text or str(p.port) == port_text:
+            return p
+    raise InputError(f"service {svc.key} has no port {port_text!r} "
+                     f"(ports: {', '.join(p.name or str(p.port) for p in svc.ports)})")
+
+
+def resolve_endpoints(dp: Dataplane, source: str, destination: str, protocol: str
+                      ) -> tuple[Source, Destination, str]:
+    cluster = dp.cluster
+    notes = []
+    # ---- source
+    if source.startswith("pod/"):
+        pod = cluster.pod(source[4:])
+        ns = dp.netns_of_pod(pod)
+        src = Source(ns.name, pod.pod_ip, label=f"pod {pod.key}")
+        notes.append(f"from pod {pod.key} ({pod.pod_ip}) on node {pod.node_name}")
+    elif source.startswith("node/"):
+        node = cluster.node(source[5:])
+        src = Source(node.name, None, label=f"node {node.name}")
+        notes.append(f"from node {node.name} ({node.internal_ip})")
+    else:
+        text = source[3:] if source.startswith("ip/") else source
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            raise InputError(f"expected pod/NAME, node/NAME or an IP address, got {source!r}",
+                             field="--from") from None
+        from ..sim.endpoints import owner_of
+        owner = owner_of(dp.state, ip)
+        if owner is None:
+            owner = topology.INTERNET
+            notes.append(f"from {ip}: an external client on the internet")
+        else:
+            notes.append(f"from {ip} ({owner})")
+        src = Source(owner, ip, label=f"{ip}")
+    # ---- destination
+    body, proto = split_proto(destination)
+    proto = proto or protocol
+    if body.startswith("svc/") or body.startswith("lb/"):
+        kind, _, rest = body.partition("/")
+        name, port_text = _split_port(rest)
+        svc = cluster.service(name)
+        sp = _service_port(svc, port_text)
+        proto = (proto if destination.rpartition("/")[2] in ("tcp", "udp", "sctp") else sp.protocol.lower())
+        if kind == "lb":
+            if not svc.lb_ips:
+                raise InputError(f"service {svc.key} has no LoadBalancer IP")
+            ip = svc.lb_ips[0]
+            what = "LoadBalancer IP"
+        else:
+            if svc.headless or not svc.cluster_ips:
+                raise InputError(f"service {svc.key} has no ClusterIP ({'headless' if svc.headless else svc.type}); "
+                                 "trace to one of its pods instead")
+            ip = svc.cluster_ip
+            what = "ClusterIP"
+        dst = Destination(ip, sp.port, proto, label=f"{kind}/{svc.key}:{sp.name or sp.port}")
+        notes.append(f"to {what} of service {svc.key}: {ip}:{sp.port}/{proto}")
+    elif body.startswith("pod/"):
+        name, port_text = _split_port(body[4:])
+        pod = cluster.pod(name)
+        if port_text is None:
+            ports = pod.spec.all_ports()
+            port = ports[0].container_port if ports else None
+            proto = proto if not ports else ports[0].protocol.lower()
+        else:
+            port = int(port_text)
+        dst = Destination(pod.pod_ip, port, proto, label=f"pod/{pod.key}")
+        notes.append(f"to pod {pod.key} ({pod.pod_ip}) on node {pod.node_name}")
+    elif body.startswith("node/"):
+        name, port_text = _split_port(body[5:])
+        node = cluster.node(name)
+        dst = Destination(node.internal_ip, int(port_text) if port_text else None, proto, label=f"node/{name}")
+        notes.append(f"to node {name} ({node.internal_ip})")
+    else:
+        try:
+            dst = resolve_destination(destination, protocol)
+        except InputError:
+            dns = _resolve_name(dp, src, body, proto)
+            if dns is None:
+                raise
+            dst, note = dns
+            notes.append(note)
+    return src, dst, "\n".join(f"# {n}" for n in notes)
+
+
+def _resolve_name(dp: Dataplane, src: Source, body: str, proto: str):
+    """NAME[.NAMESPACE...][:PORT]: a DNS name, resolved as the client would (podnet.dns)."""
+    try:
+        from ..dns.trace import resolve_for_trace
+    except ImportError:
+        return None
+    return resolve_for_trace(dp, src, body, proto)
