@@ -695,8 +695,8 @@ class Walker:
             tracked.conn.mark = conn_view.mark
             if result.notrack:
                 tracked.conn.notrack = True
-        if not result.steps and not result.nat and result.verdict == "ACCEPT":
-            return
+        if result.verdict == "ACCEPT" and not result.nat and all(st.index == 0 for st in result.steps):
+            return                  # no rule matched: only ACCEPT policies applied, nothing to show
         stage = ("bridge-nf " if bridged else "") + hook
         self.hop(ns, stage, ", ".join(result.chains_run) or hook, out_iface or in_iface,
                  steps=result.steps, pkt=pkt)
