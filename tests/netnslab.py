@@ -94,7 +94,7 @@ class NetnsLab:
             time.sleep(0.02)
         raise RuntimeError(f"echo server in {ns} did not start")
 
-    def connect(self, ns: str, host: str, port: int, proto: str = "tcp", timeout: float = 1.5) -> str:
+    def connect(self, ns: str, host: str, port: int, proto: str = "tcp", timeout: float = 3.0) -> str:
         out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CLIENT, proto, host, str(port),
                               str(timeout)], capture_output=True, text=True)
         return out.stdout.strip()
@@ -102,7 +102,7 @@ class NetnsLab:
     def ping(self, ns: str, host: str) -> bool:
         script = ("import socket,sys\n"
                   "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM,socket.IPPROTO_ICMP)\n"
-                  "s.settimeout(1)\n"
+                  "s.settimeout(3)\n"
                   "s.sendto(b'\\x08\\x00\\xf7\\xff\\x00\\x00\\x00\\x00',(sys.argv[1],0))\n"
                   "try:\n  s.recv(64); print('ok')\nexcept Exception: print('timeout')\n")
         self.sysctl(ns, "net.ipv4.ping_group_range", "0 2147483647")

@@ -1,0 +1,7 @@
+"""Service proxies: what kube-proxy (and its alternatives) program on a node.
+
+model.py      the shared input: ProxyView (Service ports, endpoints, node, options),
+              CategorizeEndpoints, change tracking between syncs
+iptables.py   kube-proxy's iptables mode (restore payload, jump rules, partial syncs)
+nftables.py   kube-proxy's nftables mode (the kube-proxy table, transactions)
+"""
