@@ -278,6 +278,9 @@ class Listener:
     port: int
     owner: str = ""                 # e.g. "pod default/web-xyz container nginx"
     transparent: bool = False
+    # a userspace proxy (kube-proxy's userspace mode): accepts and opens a new
+    # connection to one of these backends, relaying the bytes
+    relay_to: list[tuple[IPAddress, int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -68,7 +68,15 @@ def _run(state: DataplaneState, req: TraceRequest, chooser) -> tuple[Leg, Option
     reply = None
     if req.reply and outcome.result == "delivered" and outcome.listener is not None:
         back = Walker(state, runtime)
-        reply = Leg(back.hops, back.reply(outcome))
+        result = back.reply(outcome)
+        # a userspace proxy relays the answer on the client's own connection
+        for relay_ns, relay_pkt in reversed(walker.relays):
+            if not result.delivered:
+                break
+            back.hop(state.netns(relay_ns), "userspace", "the proxy relays the answer to the original client",
+                     pkt=relay_pkt)
+            result = back.answer(relay_ns, relay_pkt)
+        reply = Leg(back.hops, result)
     return forward, reply
 
 

@@ -101,6 +101,9 @@ class Walker:
         self.rt = runtime or Runtime(state)
         self.hops: list[Hop] = []
         self.origin: Optional[tuple[str, Packet]] = None
+        # connections a userspace proxy accepted (netns, packet as it arrived): their
+        # answers are relayed back to the original client
+        self.relays: list[tuple[str, Packet]] = []
 
     # ------------------------------------------------------------ entry points
     def send(self, ns_name: str, pkt: Packet) -> Outcome:
@@ -124,11 +127,13 @@ class Walker:
 
     def reply(self, outcome: Outcome) -> Outcome:
         """The delivered packet's answer, sent back from the socket that got it."""
-        pkt = outcome.packet
+        return self.answer(outcome.ns, outcome.packet)
+
+    def answer(self, ns_name: str, pkt: Packet) -> Outcome:
         back = Packet(pkt.dst, pkt.src, pkt.proto, pkt.dport, pkt.sport,
                       icmp_type=0 if pkt.proto == "icmp" else None,
                       tcp_flags=frozenset({"SYN", "ACK"}) if pkt.proto == "tcp" else frozenset())
-        return self.send(outcome.ns, back)
+        return self.send(ns_name, back)
 
     # ------------------------------------------------------------ recording
     def hop(self, ns: Netns, stage: str, text: str, iface: Optional[str] = None,
@@ -160,8 +165,9 @@ class Walker:
             if route.src is None:
                 self._drop(ns, "no source address for the route (the device has no address)", pkt)
             pkt.src = route.src
-        if from_socket and self.origin is None:
-            self.origin = (ns.name, pkt.copy())
+        if from_socket:
+            if self.origin is None:
+                self.origin = (ns.name, pkt.copy())
             self.rt.client_sockets[(ns.name, pkt.proto, pkt.src, pkt.sport)] = (pkt.dst, pkt.dport)
         tracked = self.rt.ct(ns).track(pkt)
         self._conntrack_hop(ns, tracked, pkt, "OUTPUT")
@@ -543,6 +549,9 @@ class Walker:
         if pkt.proto in ("icmp", "icmpv6") and (pkt.icmp_type in (None, 8, 128)):
             self._end("answered", ns, f"ICMP echo request answered by the kernel of {ns.name}", pkt)
         listener = _find_listener(ns, pkt)
+        if listener is not None and listener.relay_to:
+            self._relay(ns, listener, pkt)
+            return
         if listener is not None:
             who = f" ({listener.owner})" if listener.owner else ""
             self._end("delivered", ns, f"delivered to socket {listener.proto} {ep(listener.ip, listener.port)}"
@@ -552,6 +561,19 @@ class Walker:
                       pkt)
         self._end("rejected", ns, f"nothing listens on {ep(pkt.dst, pkt.dport)}/{pkt.proto}: "
                   "ICMP port unreachable", pkt)
+
+    def _relay(self, ns: Netns, listener: Listener, pkt: Packet) -> None:
+        """A userspace proxy accepts the connection and opens its own to a backend."""
+        n = len(listener.relay_to)
+        i = self.rt.choose(f"relay:{ns.name}:{listener.port}", [(ep(*b), 1 / n) for b in listener.relay_to])
+        addr, port = listener.relay_to[i]
+        self.hop(ns, "userspace", f"{listener.owner or 'proxy'} accepted the connection on "
+                 f"{ep(pkt.dst, pkt.dport)} from {ep(pkt.src, pkt.sport)}; it opens a new connection to "
+                 f"backend {i + 1} of {n}: {ep(addr, port)}", pkt=pkt)
+        self.relays.append((ns.name, pkt.copy()))
+        sport = 50000 + (pkt.sport or 0) % 10000
+        unspecified = ipaddress.ip_address("0.0.0.0" if addr.version == 4 else "::")
+        self._local_out(ns, Frame(Packet(unspecified, addr, pkt.proto, sport, port)), from_socket=True)
 
     def _ipvs(self, ns: Netns, frame: Frame, tracked: Tracked) -> bool:
         """IPVS at LOCAL_IN: a virtual service picks a real server and NATs to it."""
