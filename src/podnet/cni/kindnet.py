@@ -1,8 +1,11 @@
 """kindnet (kind's default CNI), as the guide's kindnet chapter shows it.
 
-Connectivity: the ptp plugin (a veth per pod; every host end carries the node's
-gateway .1 as a /32; pod routes via .1) with host-local IPAM over the node's
-podCIDR, plus portmap for hostPorts.
+Connectivity: kindnetd writes /etc/cni/net.d/10-kindnet.conflist (ptp with
+host-local IPAM over the node's podCIDRs, then portmap) and the runtime runs it
+for every sandbox: CNI ADD goes through podnet.cni.spec.invoke and the reference
+plugins, so a pod gets eth0 with its /24 (/64), default and subnet routes via the
+range's gateway .1, and the node a veth holding that .1/32 plus a /32 host route
+to the pod; pods with hostPorts get portmap's CNI-HOSTPORT-* rules.
 Reachability: kindnetd installs one route per peer node: its podCIDR via its
 node IP (all nodes share one L2 segment).
 Masquerade: the KIND-MASQ-AGENT chain, jumped to from nat POSTROUTING for
@@ -13,7 +16,7 @@ MASQUERADEs the rest.
 from __future__ import annotations
 
 from ..linux.state import Route
-from .base import CNISolution, ptp_wire, random_veth_name, record_host_local
+from .base import CNISolution
 
 MASQ_JUMP = ('-m addrtype ! --dst-type LOCAL -m comment --comment "kind-masq-agent: ensure nat POSTROUTING '
              'directs all non-LOCAL destination traffic to our custom KIND-MASQ-AGENT chain" -j KIND-MASQ-AGENT')
@@ -24,6 +27,7 @@ class Kindnet(CNISolution):
     conflist_name = "10-kindnet.conflist"
 
     def conflist(self, ctx) -> dict:
+        """kindnetd's cniConfigTemplate."""
         ranges = [[{"subnet": str(c)}] for c in ctx.node.pod_cidrs]
         routes = [{"dst": "0.0.0.0/0" if c.version == 4 else "::/0"} for c in ctx.node.pod_cidrs]
         return {"cniVersion": "0.3.1", "name": "kindnet", "plugins": [
@@ -46,8 +50,7 @@ class Kindnet(CNISolution):
                                                      'subject to MASQUERADE (must be last in chain)" -j MASQUERADE')
 
     def add_pod(self, ctx, pod, pod_ns) -> None:
-        ptp_wire(ctx, pod, pod_ns, random_veth_name(pod), self.cfg.cni.mtu)
-        record_host_local(ctx, "kindnet", pod)
+        self.runtime_add(ctx, pod, pod_ns)
 
     def connect_nodes(self, dp) -> None:
         nodes = dp.cluster.nodes

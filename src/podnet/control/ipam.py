@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
 from ..api.objects import Node, Pod
 from ..errors import AllocationError
@@ -22,7 +22,14 @@ from ..errors import AllocationError
 
 @dataclass
 class HostLocalRange:
-    """One host-local range: subnet, gateway, rangeStart..rangeEnd, allocations."""
+    """One host-local range: subnet, gateway, rangeStart..rangeEnd, allocations.
+
+    The defaults and checks are host-local's `Range.Canonicalize`
+    (plugins/ipam/host-local/backend/allocator/range.go): the gateway defaults to
+    the subnet's first address, rangeStart to .1, rangeEnd to the last address
+    (IPv4: the one before broadcast). `allocated`/`last_reserved` are the control
+    plane's bookkeeping; the CNI plugin keeps the same facts in its dataDir files.
+    """
     subnet: ipaddress.IPv4Network | ipaddress.IPv6Network
     gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     range_start: Optional[ipaddress.IPv4Address | ipaddress.IPv6Address] = None
@@ -40,8 +47,61 @@ class HostLocalRange:
             # host-local never hands out the broadcast address (IPv4) or the last one
             self.range_end = net.broadcast_address - 1 if net.version == 4 else net.broadcast_address
 
+    @classmethod
+    def parse(cls, subnet: str, gateway: Optional[str] = None, range_start: Optional[str] = None,
+              range_end: Optional[str] = None) -> "HostLocalRange":
+        """A range from host-local's JSON fields, checked as `Range.Canonicalize` does.
+
+        Raises ValueError with host-local's own message."""
+        try:
+            iface = ipaddress.ip_interface(subnet)
+        except ValueError:
+            raise ValueError(f"invalid CIDR address: {subnet}") from None
+        net = iface.network
+        if net.prefixlen > net.max_prefixlen - 2:
+            raise ValueError(f"Network {iface} too small to allocate from")
+        if iface.ip != net.network_address:
+            raise ValueError(f"Network has host bits set. For a subnet mask of length {net.prefixlen} "
+                             f"the network address is {net.network_address}")
+        rng = cls(net)
+        if gateway is not None:
+            gw = _parse_ip(gateway)
+            if gw.version != net.version or gw not in net:
+                raise ValueError(f"gateway {gw} not in network {net}")
+            rng.gateway = gw
+        start = _parse_ip(range_start) if range_start is not None else None
+        end = _parse_ip(range_end) if range_end is not None else None
+        if start is not None:               # checked against the configured end, if any
+            rng._check_in_range(start, None, end)
+            rng.range_start = start
+        if end is not None:
+            rng._check_in_range(end, rng.range_start, None)
+            rng.range_end = end
+        return rng
+
+    def _check_in_range(self, ip, lower=None, upper=None) -> None:
+        """Range.IPInRange: the error host-local reports for an address outside the range."""
+        if ip.version != self.subnet.version:
+            raise ValueError(f"IP {ip} is not the same protocol as subnet {self.subnet}")
+        if ip not in self.subnet:
+            raise ValueError(f"{ip} not in network {self.subnet}")
+        if lower is not None and ip < lower:
+            raise ValueError(f"{ip} is in network {self.subnet} but before start {lower}")
+        if upper is not None and ip > upper:
+            raise ValueError(f"{ip} is in network {self.subnet} but after end {upper}")
+
     def contains(self, ip) -> bool:
-        return ip in self.subnet and self.range_start <= ip <= self.range_end
+        return ip.version == self.subnet.version and ip in self.subnet \
+            and self.range_start <= ip <= self.range_end
+
+    def overlaps(self, other: "HostLocalRange") -> bool:
+        if self.subnet.version != other.subnet.version:
+            return False
+        return (self.contains(other.range_start) or self.contains(other.range_end)
+                or other.contains(self.range_start) or other.contains(self.range_end))
+
+    def __str__(self) -> str:
+        return f"{self.range_start}-{self.range_end}"
 
     def reserve(self, ip, owner: str) -> None:
         self.allocated[ip] = owner
@@ -51,19 +111,72 @@ class HostLocalRange:
         self.allocated.pop(ip, None)
 
     def next_free(self, owner: str):
-        start, end = int(self.range_start), int(self.range_end)
-        size = end - start + 1
-        cursor = int(self.last_reserved) + 1 if self.last_reserved is not None else start
-        for i in range(size):
-            value = cursor + i
-            if value > end:
-                value = start + (value - end - 1)
-            ip = ipaddress.ip_address(value)
-            if ip == self.gateway or ip in self.allocated:
+        for ip, _ in round_robin([self], self.last_reserved):
+            if ip in self.allocated:
                 continue
             self.reserve(ip, owner)
             return ip
         return None
+
+
+def _parse_ip(text: str):
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"invalid IP address: {text}") from None
+
+
+def check_range_set(ranges: list[HostLocalRange]) -> None:
+    """RangeSet.Canonicalize: one family, no overlaps (ValueError with host-local's message)."""
+    if not ranges:
+        raise ValueError("empty range set")
+    if len({r.subnet.version for r in ranges}) > 1:
+        raise ValueError("mixed address families")
+    for i, a in enumerate(ranges):
+        for b in ranges[i + 1:]:
+            if a.overlaps(b):
+                raise ValueError(f"subnets {a} and {b} overlap")
+
+
+def range_set_text(ranges: list[HostLocalRange]) -> str:
+    """RangeSet.String(): `start-end` of each range, comma-separated."""
+    return ",".join(str(r) for r in ranges)
+
+
+def round_robin(ranges: list[HostLocalRange], last_reserved=None) -> Iterator[tuple]:
+    """host-local's allocation order over a range set (allocator.go `RangeIter`).
+
+    Yields (ip, range) for every candidate address once: starting after
+    `last_reserved` when a range of the set contains it (else at the first
+    range's start), moving on to the next range's start after a range's end,
+    wrapping around, skipping each range's gateway. Callers take the first
+    candidate that is free: that is round-robin allocation, so a crash-looping
+    pod does not get the same address back until the whole set has been used.
+    """
+    idx, cur = 0, None
+    if last_reserved is not None:
+        for i, r in enumerate(ranges):
+            if r.contains(last_reserved):
+                idx, cur = i, last_reserved
+                break
+    start = None
+    while True:
+        r = ranges[idx]
+        if cur is None:
+            cur = r.range_start
+        elif cur == r.range_end:
+            idx = (idx + 1) % len(ranges)
+            r = ranges[idx]
+            cur = r.range_start
+        else:
+            cur = cur + 1
+        if start is None:
+            start = cur
+        elif cur == start:
+            return
+        if cur == r.gateway:
+            continue
+        yield cur, r
 
 
 class PodIPAM:

@@ -85,7 +85,7 @@ def build_underlay(cfg: ClusterConfig, state: DataplaneState) -> None:
     # so a trace to 1.1.1.1:443 has somewhere to arrive
     inet.add_route(Route(ipaddress.ip_network("0.0.0.0/0"), "lo", table=100, type="local", scope="host"))
     inet.rules = [Rule(0, 255)] + [Rule(50, 254, dst=sub.cidr) for sub in cfg.underlay] + \
-        [Rule(50, 254, dst=UPLINK_NET), Rule(100, 100)] + default_rules(4)[1:]
+        [Rule(50, 254, dst=UPLINK_NET), Rule(100, 100)] + default_rules(4)[1:] + default_rules(6)
     inet.listeners.append(Listener("tcp", ANY4, 0, "the outside world (any port)"))
     inet.listeners.append(Listener("udp", ANY4, 0, "the outside world (any port)"))
 

@@ -318,7 +318,7 @@ class Netns:
     pod: Optional[str] = None       # ns/name for pod sandboxes
     links: dict[str, Link] = field(default_factory=dict)
     routes: list[Route] = field(default_factory=list)
-    rules: list[Rule] = field(default_factory=lambda: default_rules(4))
+    rules: list[Rule] = field(default_factory=lambda: default_rules(4) + default_rules(6))
     neighbours: list[Neighbour] = field(default_factory=list)
     fdb: list[FdbEntry] = field(default_factory=list)
     sysctls: dict[str, str] = field(default_factory=dict)
