@@ -150,10 +150,21 @@ class Chooser(Protocol):
 
 
 class IpsetLookup(Protocol):
-    def test(self, name: str, values: Sequence) -> bool:
-        """ipset test NAME values... (values ordered as the set's dimensions)."""
+    """The ipsets of a namespace, as rules see them (podnet.linux.ipset.IpsetStore)."""
 
-    def add(self, name: str, values: Sequence) -> None: ...
+    def __contains__(self, name: str) -> bool:
+        """Does a set of that name exist?"""
+
+    def match_packet(self, name: str, flags: Sequence[str], packet: Packet, *,
+                     return_nomatch: bool = False) -> bool:
+        """`-m set --match-set NAME src,dst,...`: each flag picks the packet's source or
+        destination for that dimension. A missing set never matches."""
+
+    def test(self, name: str, entry: str) -> bool:
+        """`ipset test NAME ENTRY` (entry as ipset writes it: 10.96.0.1,tcp:443)."""
+
+    def add(self, name: str, entry: str, options: str = "") -> None:
+        """`ipset add NAME ENTRY [timeout N] [comment "..."] [nomatch]`."""
 
 
 @dataclass(slots=True)
