@@ -80,5 +80,14 @@ def trace_cmd(source, destination, protocol, sport, size, reply, seed, snapshot_
         req = build_request(src, dst, protocol, sport, size, reply, seed, None)
         if preamble and output == "text":
             click.echo(preamble)
+        if dst.dns_server is not None:
+            server, port, queries = dst.dns_server
+            dns_dst = type(dst)(server, port, "udp", label=f"kube-dns {server}:{port}/udp")
+            dns_req = build_request(src, dns_dst, "udp", 53000, size, reply, seed, None)
+            dns_result = trace(state, dns_req)
+            if output == "text":
+                click.echo(f"\n# each of the {queries} DNS quer{'y' if queries == 1 else 'ies'} travels like this:")
+                click.echo(explain_text(state, dns_result))
+                click.echo("\n# then the connection itself:")
     result = trace(state, req)
     click.echo(explain_json(state, result) if output == "json" else explain_text(state, result))

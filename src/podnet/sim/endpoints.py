@@ -32,6 +32,8 @@ class Destination:
     port: Optional[int]
     proto: Optional[str]
     label: str = ""
+    # set when the destination came from a DNS name: (server IP, port, number of queries)
+    dns_server: Optional[tuple] = None
 
 
 def split_proto(text: str) -> tuple[str, Optional[str]]:

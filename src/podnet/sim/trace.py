@@ -164,7 +164,9 @@ def explain_text(state: DataplaneState, result: TraceResult, verbose: bool = Tru
     elif n > 1:
         lines.append(f"{n} possible outcomes:")
         for i, b in enumerate(result.branches, 1):
-            via = ", ".join(f"{c.label}" for c in b.choices if c.label not in ("no match",))
+            # labels of iptables `statistic` / nft numgen branches say nothing; IPs and ports do
+            via = ", ".join(c.label for c in b.choices
+                            if c.label not in ("match", "no match") and not c.label.isdigit())
             lines.append(f"  [{i}] p={b.probability:.4f}  {outcome_line(b.forward.outcome)}"
                          + (f"   (via {via})" if via else ""))
     first = result.branches[0] if result.branches else None
