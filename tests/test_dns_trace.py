@@ -28,6 +28,7 @@ def test_trace_to_a_service_name_shows_the_dns_exchange_then_the_connection():
 def test_a_name_that_does_not_resolve_is_an_error_with_the_queries():
     proc = run_podnet("trace", "-f", str(GUIDE_LAB), "--from", f"pod/{_tshoot()}", "--to", "nosuch.default:80")
     assert proc.returncode != 0
+    assert len(proc.stderr.strip().splitlines()) == 1
     assert "does not resolve" in proc.stderr and "NXDOMAIN" in proc.stderr
 
 

@@ -37,14 +37,14 @@ def resolve_for_trace(dp, src, body: str, proto: str):
                          "at kube-dns); give --from pod/NAME, or an IP address as --to", field="--to")
     lookup = resolve_for_pod(dp.cluster, pod, name, "A")
     text = format_lookup(lookup, pod)
-    if lookup.answered_by is None:
-        raise InputError(f"{name!r} does not resolve from pod {pod.key}:\n{text}", field="--to")
-    answer = lookup.queries[lookup.answered_by - 1]
-    ips = [ipaddress.ip_address(r.address) for rrset in answer.answer
+    answer = lookup.queries[lookup.answered_by - 1] if lookup.answered_by else None
+    ips = [ipaddress.ip_address(r.address) for rrset in (answer.answer if answer else [])
            if rrset.rdtype == dns.rdatatype.A for r in rrset]
     if not ips:
-        raise InputError(f"{name!r} resolved to no address from pod {pod.key} (not sent upstream?):\n{text}",
-                         field="--to")
+        statuses = ", ".join(q.status for q in lookup.queries)
+        raise InputError(f"{name!r} does not resolve to a cluster address from pod {pod.key} "
+                         f"({len(lookup.queries)} queries: {statuses}); see "
+                         f"`podnet dns resolve --pod {pod.name} {name}`", field="--to")
     server = lookup.conf.nameservers[0] if lookup.conf.nameservers else cluster_dns_ip(dp.cluster)
     dst = Destination(ips[0], port, proto, label=f"{name} ({ips[0]})")
     dst.dns_server = (ipaddress.ip_address(server), 53, len(lookup.queries))
