@@ -1,0 +1,264 @@
+"""What runs in the lab's namespaces: a plan made from the rendered cluster.
+
+Each node gets one agent process (podnet.lab.agent), started in the node's
+namespace the way a kubelet runs the node's pods: for every pod sandbox on the
+node it opens the pod's sockets inside the pod's namespace (all containers of a
+pod share it), and the node's own sockets (kubelet, sshd, the API server,
+hostNetwork pods) in the node's namespace. The sockets are exactly the model's
+listeners (`Netns.listeners`), so the kernel listens where the simulator thinks
+something listens. Every socket answers with podnet.lab.echo's line naming the
+pod, the address it was reached on and the client address it sees; HTTP ports
+(named http*, appProtocol http, 80, 8080) answer as an HTTP server.
+
+kube-dns pods answer DNS on their port 53: `python -m podnet.dns serve` in the
+pod's namespace when podnet.dns is installed, else the agent's minimal resolver
+(podnet.lab.resolver: A/AAAA for Services, headless Services and pods).
+
+Each pod's /etc/resolv.conf (per dnsPolicy) is written for `lab exec`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..api.objects import Pod
+from ..dataplane import Dataplane
+from ..dataplane.topology import INTERNET
+from ..errors import InputError
+
+HTTP_PORTS = {80, 8080, 8000, 8008, 8888, 3000, 5000, 9153, 10248, 10256}
+INTERNET_TCP = (80, 443, 8080)
+INTERNET_UDP = (53, 123)
+INTERNET_HTTP = (80, 8080)
+
+
+@dataclass
+class Socket:
+    proto: str                      # tcp | udp
+    ip: str
+    port: int
+    kind: str                       # tcp | http | udp | dns
+    name: str                       # who answers: pod key, node/NAME, internet
+    # answer from addresses that are local only through a route in another table than `local`
+    # (the internet namespace's AnyIP): the kernel needs IP_TRANSPARENT to send from them
+    transparent: bool = False
+
+    def as_json(self) -> dict:
+        out = {"proto": self.proto, "ip": self.ip, "port": self.port, "kind": self.kind, "name": self.name}
+        if self.transparent:
+            out["transparent"] = True
+        return out
+
+
+@dataclass
+class AgentPlan:
+    """One agent process: where it runs and the sockets it opens, per namespace."""
+    name: str                       # node name, or "internet"
+    netns: str                      # model namespace the agent runs in
+    sockets: dict[str, list[Socket]] = field(default_factory=dict)   # model netns -> sockets
+
+    def spec(self, kname) -> dict:
+        return {"name": self.name,
+                "namespaces": [{"netns": kname(ns), "self": ns == self.netns,
+                                "sockets": [s.as_json() for s in socks]}
+                               for ns, socks in sorted(self.sockets.items())]}
+
+
+@dataclass
+class DnsPlan:
+    pod: str                        # pod key
+    netns: str                      # model netns
+    ip: str
+
+
+@dataclass
+class WorkloadPlan:
+    agents: dict[str, AgentPlan] = field(default_factory=dict)
+    dns: list[DnsPlan] = field(default_factory=list)
+    records: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    resolv: dict[str, str] = field(default_factory=dict)           # pod key -> resolv.conf text
+    external_dns: bool = False      # kube-dns pods run python -m podnet.dns serve
+
+
+def podnet_dns_available() -> bool:
+    """Whether `python -m podnet.dns serve` exists (the DNS server of issue #6)."""
+    try:
+        return (importlib.util.find_spec("podnet.dns.__main__") is not None
+                and importlib.util.find_spec("podnet.cli.dns") is not None)
+    except (ImportError, ValueError):
+        return False
+
+
+def dns_pods(cluster) -> set[str]:
+    """Pods that serve the cluster DNS: the kube-system/kube-dns Service's endpoints, or k8s-app=kube-dns."""
+    svc = cluster.find_service("kube-system/kube-dns")
+    out = set()
+    if svc is not None and svc.selector:
+        for pod in cluster.pods:
+            if pod.namespace == svc.namespace and all(pod.meta.labels.get(k) == v for k, v in svc.selector.items()):
+                out.add(pod.key)
+    if not out:
+        out = {p.key for p in cluster.pods if p.meta.labels.get("k8s-app") == "kube-dns"}
+    return out
+
+
+def _http_ports(cluster, pod: Pod) -> set[int]:
+    ports = set()
+    for c in pod.spec.containers:
+        for p in c.ports:
+            if p.protocol.upper() != "TCP":
+                continue
+            if p.container_port in HTTP_PORTS or p.name.lower().startswith("http"):
+                ports.add(p.container_port)
+    for svc in cluster.services:
+        for sp in svc.ports:
+            if sp.app_protocol.lower() in ("http", "kubernetes.io/h2c") or sp.name.lower().startswith("http"):
+                target = sp.target
+                if isinstance(target, int):
+                    ports.add(target)
+                else:
+                    port = pod.spec.port_by_name(target, sp.protocol)
+                    if port:
+                        ports.add(port)
+    return ports
+
+
+def plan_workloads(dp: Dataplane, external_dns: Optional[bool] = None) -> WorkloadPlan:
+    cluster = dp.cluster
+    plan = WorkloadPlan()
+    plan.external_dns = podnet_dns_available() if external_dns is None else external_dns
+    dns_keys = dns_pods(cluster)
+    owners: dict[str, Pod] = {}
+    for pod in cluster.pods:
+        owners[pod.key] = pod
+    for node in cluster.nodes:
+        if node.name in dp.state.namespaces:
+            plan.agents[node.name] = AgentPlan(node.name, node.name)
+    # pod sandboxes and the node's own listeners
+    for ns in dp.state.namespaces.values():
+        if ns.kind not in ("pod", "node") or not ns.node or ns.node not in plan.agents:
+            continue
+        pod = owners.get(ns.pod) if ns.kind == "pod" else None
+        socks: list[Socket] = []
+        claimed: dict[tuple, str] = {}
+        for lst in ns.listeners:
+            name, who = _owner(ns, lst.owner, pod)
+            http = set()
+            who_pod = owners.get(name)
+            if who_pod is not None:
+                http = _http_ports(cluster, who_pod)
+            elif lst.port in HTTP_PORTS:
+                http = {lst.port}
+            key = (lst.proto, lst.ip.version, lst.port)
+            wildcard = lst.ip.is_unspecified
+            conflict = claimed.get(key) if wildcard else None
+            if conflict is not None and conflict != who:
+                if conflict.startswith("node ") or who.startswith("node "):
+                    continue            # a static pod is the node's own listener (kube-apiserver...)
+                raise InputError(f"port {lst.port}/{lst.proto.upper()} is claimed by both {conflict} and {who} "
+                                 f"in network namespace {ns.name} (hostNetwork pods share the node's namespace)",
+                                 obj=f"Pod {name}" if who_pod else None)
+            if wildcard:
+                claimed[key] = who
+            if any(s.proto == lst.proto and s.ip == str(lst.ip) and s.port == lst.port for s in socks):
+                continue
+            kind = lst.proto
+            if who_pod is not None and who_pod.key in dns_keys and lst.port == 53:
+                kind = "dns"
+            elif lst.proto == "tcp" and lst.port in http:
+                kind = "http"
+            if lst.proto not in ("tcp", "udp"):
+                continue                # sctp: not served
+            socks.append(Socket(lst.proto, str(lst.ip), lst.port, kind, name))
+        if ns.kind == "pod" and pod is not None and pod.key in dns_keys:
+            ip = str(pod.pod_ip) if pod.pod_ip else ""
+            plan.dns.append(DnsPlan(pod.key, ns.name, ip))
+            if plan.external_dns:
+                socks = [s for s in socks if s.kind != "dns"]
+        if socks:
+            plan.agents[ns.node].sockets[ns.name] = socks
+    # the outside world: a few well-known ports on any address (the namespace is AnyIP)
+    if INTERNET in dp.state.namespaces:
+        inet = AgentPlan(INTERNET, INTERNET)
+        families = {a.ip.version for _, a in dp.state.namespaces[INTERNET].addresses() if not a.ip.is_loopback}
+        socks = []
+        for fam in sorted(families or {4}):
+            any_ip = "0.0.0.0" if fam == 4 else "::"
+            socks += [Socket("tcp", any_ip, p, "http" if p in INTERNET_HTTP else "tcp", INTERNET, True)
+                      for p in INTERNET_TCP]
+            socks += [Socket("udp", any_ip, p, "udp", INTERNET, True) for p in INTERNET_UDP]
+        inet.sockets[INTERNET] = socks
+        plan.agents[INTERNET] = inet
+    plan.records = dns_records(cluster)
+    for pod in cluster.pods:
+        if pod.node_name and not pod.terminal:
+            plan.resolv[pod.key] = resolv_conf_text(cluster, pod)
+    return plan
+
+
+def _owner(ns, owner: str, pod: Optional[Pod]) -> tuple[str, str]:
+    """(the name the echo server says, who claims the socket) for a model listener."""
+    if pod is not None:
+        return pod.key, f"pod {pod.key}"
+    if owner.startswith("pod "):
+        key = owner.split()[1]
+        return key, f"pod {key}"
+    return f"node/{ns.name}", f"node {ns.name} ({owner})"
+
+
+# ----------------------------------------------------------------------------- DNS data
+
+def dns_records(cluster) -> dict[str, dict[str, list[str]]]:
+    """Names the built-in resolver answers: Services (ClusterIPs, or the ready pods of headless
+    ones, plus their pods' hostname records) and ExternalName CNAMEs."""
+    zone = cluster.config.cluster_domain.rstrip(".")
+    out: dict[str, dict[str, list[str]]] = {}
+
+    def add(name: str, ip) -> None:
+        rec = out.setdefault(name.lower() + ".", {})
+        rtype = "A" if ipaddress.ip_address(str(ip)).version == 4 else "AAAA"
+        if str(ip) not in rec.setdefault(rtype, []):
+            rec[rtype].append(str(ip))
+
+    for svc in cluster.services:
+        fqdn = f"{svc.name}.{svc.namespace}.svc.{zone}"
+        if svc.type == "ExternalName" and svc.external_name:
+            out[fqdn + "."] = {"CNAME": [svc.external_name.rstrip(".") + "."]}
+            continue
+        if not svc.headless:
+            for ip in svc.cluster_ips:
+                add(fqdn, ip)
+            continue
+        for sl in cluster.slices_of(svc):
+            for ep in sl.endpoints:
+                if ep.ready is False and not svc.publish_not_ready:
+                    continue
+                for ip in ep.addresses:
+                    add(fqdn, ip)
+                    if ep.hostname:
+                        add(f"{ep.hostname}.{fqdn}", ip)
+    return out
+
+
+def resolv_conf_text(cluster, pod: Pod) -> str:
+    try:
+        from ..dns.client import resolv_conf
+    except ImportError:
+        resolv_conf = None
+    if resolv_conf is not None:
+        return resolv_conf(pod, cluster).text()
+    zone = cluster.config.cluster_domain.rstrip(".")
+    svc = cluster.find_service("kube-system/kube-dns")
+    dns_ip = str(svc.cluster_ips[0]) if svc is not None and svc.cluster_ips else \
+        str(ipaddress.ip_address(int(cluster.config.service_subnet.network_address) + 10))
+    policy = pod.spec.dns_policy
+    if policy == "ClusterFirstWithHostNet" or (policy == "ClusterFirst" and not pod.host_network):
+        return (f"search {pod.namespace}.svc.{zone} svc.{zone} {zone}\nnameserver {dns_ip}\n"
+                "options ndots:5\n")
+    if policy == "None":
+        return ""
+    gateway = cluster.config.underlay[0].gateway if cluster.config.underlay else "127.0.0.11"
+    return f"nameserver {gateway}\noptions ndots:0\n"

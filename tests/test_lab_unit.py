@@ -1,0 +1,178 @@
+"""The lab's pieces that need no root: plans, normalisers, the minimal resolver, errors."""
+
+import ipaddress
+
+import dns.message
+import dns.rcode
+import pytest
+from click.testing import CliRunner
+
+from podnet.cluster import Cluster, example_path
+from podnet.dataplane import build_dataplane
+from podnet.errors import InputError
+from podnet.lab import nsutil
+from podnet.lab.apply import _ipset_replacing, _ipvs_text, _nft_tables, segment_port_name
+from podnet.lab.lab import check_name
+from podnet.lab.resolver import answer
+from podnet.lab.verify import _nft_lines, _norm_rule, normalise_iptables
+from podnet.lab.workloads import dns_records, plan_workloads, resolv_conf_text
+from podnet.linux.state import IpvsRealServer, IpvsService, Netns
+
+
+@pytest.fixture(scope="module")
+def guide():
+    cluster = Cluster.load([example_path()], proxy_mode="none")
+    return cluster, build_dataplane(cluster)
+
+
+def test_sysctl_paths_keep_dotted_interface_names():
+    assert nsutil.sysctl_path("net.ipv4.ip_forward") == "/proc/sys/net/ipv4/ip_forward"
+    assert nsutil.sysctl_path("net.ipv4.conf.flannel.1.rp_filter") == "/proc/sys/net/ipv4/conf/flannel.1/rp_filter"
+    assert nsutil.sysctl_path("net.ipv6.conf.all.forwarding") == "/proc/sys/net/ipv6/conf/all/forwarding"
+    assert nsutil.sysctl_path("net.bridge.bridge-nf-call-iptables") == \
+        "/proc/sys/net/bridge/bridge-nf-call-iptables"
+
+
+def test_lab_names():
+    assert check_name("demo-2") == "demo-2"
+    for bad in ("Demo", "2lab", "a--b", "x" * 21, "a_b", "-a"):
+        with pytest.raises(InputError):
+            check_name(bad)
+    assert len(segment_port_name("k8s-guide-worker2", "eth0")) <= 15
+
+
+def test_workload_plan_mirrors_the_model_listeners(guide):
+    cluster, dp = guide
+    plan = plan_workloads(dp, external_dns=False)
+    assert set(plan.agents) == {n.name for n in cluster.nodes} | {"internet"}
+    web = [p for p in cluster.pods if p.name.startswith("web-")]
+    for pod in web:
+        socks = plan.agents[pod.node_name].sockets[dp.pod_ns[pod.key]]
+        assert {(s.proto, s.ip, s.port, s.kind, s.name) for s in socks} == {
+            ("tcp", "0.0.0.0", 80, "http", pod.key), ("tcp", "::", 80, "http", pod.key)}
+    dns_pod = next(p for p in cluster.pods if p.name.startswith("coredns-"))
+    kinds = {(s.proto, s.port): s.kind for s in plan.agents[dns_pod.node_name].sockets[dp.pod_ns[dns_pod.key]]}
+    assert kinds[("udp", 53)] == "dns" and kinds[("tcp", 53)] == "dns" and kinds[("tcp", 9153)] == "http"
+    # the node's own sockets (kubelet...) answer in the node's namespace, named after the node
+    node_socks = plan.agents["k8s-guide-worker"].sockets["k8s-guide-worker"]
+    assert ("tcp", "0.0.0.0", 10250, "node/k8s-guide-worker") in {(s.proto, s.ip, s.port, s.name) for s in node_socks}
+    # the outside world answers from any address
+    inet = plan.agents["internet"].sockets["internet"]
+    assert all(s.transparent for s in inet) and {s.port for s in inet} >= {80, 443, 53}
+    # net-tshoot declares no ports: nothing listens in its sandbox
+    tshoot = next(p for p in cluster.pods if p.name.startswith("net-tshoot"))
+    assert dp.pod_ns[tshoot.key] not in plan.agents[tshoot.node_name].sockets
+
+
+def test_two_host_network_pods_on_one_port_is_an_error(tmp_path):
+    (tmp_path / "kind.yaml").write_text(open(example_path() + "/kind.yaml").read())
+    (tmp_path / "hn.yaml").write_text("""
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: default}
+spec:
+  nodeName: k8s-guide-worker
+  hostNetwork: true
+  containers: [{name: c, image: x, ports: [{containerPort: 8081}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: default}
+spec:
+  nodeName: k8s-guide-worker
+  hostNetwork: true
+  containers: [{name: c, image: x, ports: [{containerPort: 8081}]}]
+""")
+    cluster = Cluster.load([str(tmp_path)], proxy_mode="none")
+    with pytest.raises(InputError, match="8081/TCP is claimed by both pod default/a and pod default/b"):
+        plan_workloads(build_dataplane(cluster), external_dns=False)
+
+
+def test_two_containers_of_a_pod_on_one_port_is_an_error(tmp_path):
+    (tmp_path / "p.yaml").write_text("""
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: default}
+spec:
+  containers:
+  - {name: one, image: x, ports: [{containerPort: 80}]}
+  - {name: two, image: x, ports: [{containerPort: 80}]}
+""")
+    with pytest.raises(InputError, match="already used by container one"):
+        Cluster.load([example_path() + "/kind.yaml", str(tmp_path / "p.yaml")])
+
+
+def test_dns_records_and_resolv_conf(guide):
+    cluster, _ = guide
+    records = dns_records(cluster)
+    web = cluster.service("web")
+    assert records["web.default.svc.cluster.local."]["A"] == [str(web.cluster_ip)]
+    tshoot = next(p for p in cluster.pods if p.name.startswith("net-tshoot"))
+    text = resolv_conf_text(cluster, tshoot)
+    assert "nameserver 10.96.0.10" in text and "search default.svc.cluster.local" in text and "ndots:5" in text
+
+
+def test_minimal_resolver(guide):
+    cluster, _ = guide
+    records = dns_records(cluster)
+
+    def ask(name, rdtype="A"):
+        return dns.message.from_wire(answer(dns.message.make_query(name, rdtype).to_wire(), records))
+    r = ask("web.default.svc.cluster.local")
+    assert r.rcode() == dns.rcode.NOERROR
+    assert [x.to_text() for x in r.answer[0]] == [str(cluster.service("web").cluster_ip)]
+    assert ask("nope.default.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+    assert ask("default.svc.cluster.local").rcode() == dns.rcode.NOERROR          # an empty non-terminal
+    assert ask("example.com").rcode() == dns.rcode.REFUSED
+    r = ask("10-244-1-2.default.pod.cluster.local")
+    assert [x.to_text() for x in r.answer[0]] == ["10.244.1.2"]
+    assert answer(b"garbage", records) is None
+
+
+def test_iptables_normaliser_matches_iptables_save_spellings():
+    assert _norm_rule("-m comment --comment x -p tcp -d 10.96.0.1 --dport 443 -j KUBE-SVC-A", 4) == \
+        _norm_rule("-d 10.96.0.1/32 -p tcp -m comment --comment x -m tcp --dport 443 -j KUBE-SVC-A", 4)
+    assert _norm_rule("-j MARK --xor-mark 0x4000", 4) == _norm_rule("-j MARK --set-xmark 0x4000/0x0", 4)
+    assert _norm_rule("-j MARK --or-mark 0x4000", 4) == _norm_rule("-j MARK --set-xmark 0x4000/0x4000", 4)
+    assert _norm_rule("-j REJECT", 4) == _norm_rule("-j REJECT --reject-with icmp-port-unreachable", 4)
+    assert _norm_rule("-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", 4) == \
+        _norm_rule("-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT", 4)
+    assert _norm_rule("-m statistic --mode random --probability 0.5 -j X", 4) == \
+        _norm_rule("-m statistic --mode random --probability 0.50000000000 -j X", 4)
+    assert _norm_rule("-s 10.0.0.1 -j DROP", 4) != _norm_rule("-s 10.0.0.2 -j DROP", 4)
+    text = "*nat\n:PREROUTING ACCEPT [3:180]\n:FOO - [0:0]\n-A PREROUTING -j FOO\nCOMMIT\n*raw\n" \
+           ":PREROUTING ACCEPT [0:0]\nCOMMIT\n"
+    tables = normalise_iptables(text)
+    assert set(tables) == {"nat"} and tables["nat"]["chains"]["PREROUTING"] == ["-j FOO"]
+
+
+def test_nft_normaliser_accepts_input_and_listing_spellings():
+    model = ('table ip t {\n comment "x"\n set s {\n type ipv4_addr\n elements = { 10.0.0.2,\n 10.0.0.1 }\n }\n'
+             ' chain c {\n mark set mark or 0x4000\n ip daddr { 10.96.0.0/12 } drop\n reject\n }\n}\n'
+             'table ip nat {\n chain POSTROUTING {\n }\n}\n')
+    kernel = ('table ip t { # handle 4\n set s { # handle 1\n type ipv4_addr\n elements = { 10.0.0.1, 10.0.0.2 }\n'
+              ' }\n chain c { # handle 2\n meta mark set meta mark | 16384 # handle 5\n'
+              ' ip daddr 10.96.0.0/12 drop\n reject with icmp port-unreachable\n }\n}\n')
+    assert _nft_lines(model) == _nft_lines(kernel)
+    assert _nft_tables("add table ip kube-proxy { comment \"x\" ; }\ntable inet f {\n}\n") == \
+        [("ip", "kube-proxy"), ("inet", "f")]
+
+
+def test_restore_payloads():
+    assert _ipset_replacing("create S hash:ip family inet\nadd S 10.0.0.1\n") == \
+        "create S hash:ip family inet\nflush S\nadd S 10.0.0.1\n"
+    ns = Netns("n")
+    ns.ipvs.append(IpvsService("TCP", ipaddress.ip_address("10.96.0.1"), 443, "rr",
+                               reals=[IpvsRealServer(ipaddress.ip_address("172.18.0.2"), 6443)]))
+    assert _ipvs_text(ns) == "-A -t 10.96.0.1:443 -s rr\n-a -t 10.96.0.1:443 -r 172.18.0.2:6443 -m -w 1\n"
+
+
+def test_lab_commands_need_root(monkeypatch):
+    from podnet.cli.main import cli
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    for args in (["lab", "up"], ["lab", "down"], ["lab", "status"], ["lab", "verify"],
+                 ["lab", "exec", "x", "--", "true"], ["lab", "snapshot", "/tmp/x"], ["lab", "apply"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1, (args, result.output)
+        lines = [l for l in result.output.splitlines() if l.strip()]
+        assert lines == ["error: podnet lab creates network namespaces: run it as root (sudo)"], args
