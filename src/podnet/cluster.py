@@ -25,6 +25,7 @@ from .api.objects import (EndpointSlice, GenericObject, Namespace, Node, ObjectM
                           Workload)
 from .config import CNI_MODES, CNI_PLUGINS, PROXY_MODES, ClusterConfig, build_config
 from .control import bootstrap as boot
+from .control.allocations import Allocations
 from .control.endpointslices import mirror_endpoints, slices_for_service
 from .control.ipam import ipam_for
 from .control.nodes import NodeIPAM, assign_node_addresses, inferred_nodes, kind_nodes
@@ -166,6 +167,12 @@ class Cluster:
                 pods += expand_virtualmachine(w, index)
         self.workloads = workloads
 
+        # what the controllers decided on an earlier pass (a long-lived cluster, the lab)
+        allocations = Allocations()
+        for file, doc in bag.allocations:
+            allocations.merge(Allocations.parse(file, doc))
+        pinned = allocations.bind_pods(pods, self._node_by_name)
+
         # scheduler
         _check_unique(pods, "Pod")
         scheduler = Scheduler(self.nodes)
@@ -193,9 +200,10 @@ class Cluster:
                 continue
             if pod.host_ip is None:
                 pod.host_ip = node.internal_ip
-            if pod.pod_ips or pod.terminal:
+            if pod.terminal or (pod.pod_ips and pod.key not in pinned):
                 continue
-            pod.pod_ips = list(node.internal_ips) if pod.host_network else self.ipam.allocate(pod, node)
+            if not pod.pod_ips:
+                pod.pod_ips = list(node.internal_ips) if pod.host_network else self.ipam.allocate(pod, node)
             if not pod.phase or pod.phase == "Pending":
                 pod.phase = "Running"
             if pod.ready is None:
@@ -210,6 +218,7 @@ class Cluster:
 
         # services
         _check_unique(services, "Service")
+        allocations.keep_service_addresses(services)
         alloc = reconcile_services(cfg, services)
         self.warnings.extend(alloc.warnings)
         self.services = services

@@ -50,6 +50,7 @@ KNOWN = {
     "HTTPRoute": ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1"),
     "Cluster": ("kind.x-k8s.io/v1alpha4",),
     "PodnetConfig": ("podnet.dev/v1alpha1",),
+    "Allocations": ("podnet.dev/v1alpha1",),       # podnet.control.allocations
 }
 CLUSTER_SCOPED = ("Namespace", "Node", "IngressClass", "GatewayClass")
 
@@ -68,6 +69,7 @@ class Manifests:
     # cluster definition documents: (file, mapping)
     cluster_configs: list[tuple[str, dict]] = field(default_factory=list)
     podnet_configs: list[tuple[str, dict]] = field(default_factory=list)
+    allocations: list[tuple[str, dict]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
 
@@ -164,6 +166,9 @@ def _add_document(bag: Manifests, doc: Any, file: str, where: str) -> None:
     if kind == "PodnetConfig":
         bag.podnet_configs.append((file, doc))
         return
+    if kind == "Allocations":
+        bag.allocations.append((file, doc))
+        return
     obj_name = f"{kind} {_name_of(doc)}"
     f = Fields(doc, file=file, obj=obj_name, warnings=bag.warnings)
     if kind == "Namespace":
@@ -193,6 +198,6 @@ def _name_of(doc: dict) -> str:
     name = meta.get("name") or meta.get("generateName") or "<unnamed>"
     ns = meta.get("namespace")
     kind = doc.get("kind")
-    if kind in CLUSTER_SCOPED or kind in ("Cluster", "PodnetConfig"):
+    if kind in CLUSTER_SCOPED or kind in ("Cluster", "PodnetConfig", "Allocations"):
         return str(name)
     return f"{ns or 'default'}/{name}"

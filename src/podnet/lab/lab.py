@@ -44,6 +44,7 @@ DEFAULT_NAME = "podnet"
 READY_TIMEOUT = 30.0
 AGENT_SCRIPT = str(Path(__file__).resolve().parent / "agent.py")
 AGENT_MARKER = "podnet/lab/agent"
+ALLOCATIONS = "allocations.yaml"
 
 
 def require_root(what: str = "podnet lab") -> None:
@@ -192,6 +193,17 @@ class Lab:
             out.append(str(dest))
         return out
 
+    def _write_allocations(self, cluster) -> str:
+        """The controllers' decisions, loaded with the inputs by every later render (see
+        podnet.control.allocations): `lab apply` never moves or renumbers what runs."""
+        import yaml
+        from ..control.allocations import Allocations
+        path = self.dir / ALLOCATIONS
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(Allocations.of(cluster).to_manifest(), sort_keys=False))
+        os.replace(tmp, path)
+        return str(path)
+
     def applier(self) -> Applier:
         caps = Capabilities(**self.record["caps"]) if self.record.get("caps") else None
         a = Applier(self.name, caps or Capabilities(), progress=self.say)
@@ -242,7 +254,8 @@ class Lab:
             old_handlers = self._trap_signals()
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
-                self.record["inputs"] = self._copy_inputs(sources, self.dir / "inputs")
+                self.record["inputs"] = self._copy_inputs(sources, self.dir / "inputs") + \
+                    [self._write_allocations(cluster)]
                 self.save()
                 nsutil.create_netns(planned)
                 self.say(f"{len(planned)} network namespaces created")
@@ -502,8 +515,9 @@ class Lab:
             notes: list[str] = []
             _, old_dp = self.render(rec["inputs"], overrides)
             new_inputs = self._copy_inputs(sources, self.dir / "inputs.new")
-            cluster, dp, _ = self._render_for_kernel(new_inputs, overrides, rec.get("ipvs_fallback", "refuse"),
-                                                     notes)
+            # running pods keep their nodes and addresses, Services theirs (the lab's etcd)
+            cluster, dp, _ = self._render_for_kernel(new_inputs + [str(self.dir / ALLOCATIONS)], overrides,
+                                                     rec.get("ipvs_fallback", "refuse"), notes)
             from .workloads import plan_workloads
             plan = plan_workloads(dp)
             old_plan = plan_workloads(old_dp, external_dns=plan.external_dns)
@@ -533,7 +547,7 @@ class Lab:
             inputs_dir = self.dir / "inputs"
             shutil.rmtree(inputs_dir, ignore_errors=True)
             os.replace(self.dir / "inputs.new", inputs_dir)
-            rec["inputs"] = [str(inputs_dir / Path(p).name) for p in new_inputs]
+            rec["inputs"] = [str(inputs_dir / Path(p).name) for p in new_inputs] + [self._write_allocations(cluster)]
             rec["sources"] = sources
             rec["notes"] = list(dict.fromkeys(rec.get("notes", []) + notes + applier.notes))
             self._record_objects(cluster, dp)

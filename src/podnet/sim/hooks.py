@@ -9,6 +9,7 @@ one NAT binding of each kind is made per hook.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -101,6 +102,7 @@ def run_hook(ns: Netns, hook: str, pkt: Packet, conn: ConnView, runtime: Runtime
                       nft_dynamic=runtime.nft_sets(ns), namespace=ns.name,
                       nfacct={"*"})
     nat_done = False
+    view = pkt          # what the next chain sees: the kernel rewrites the header in the nat chain
     for ref in chains:
         if ref.type == "nat" and (not first_packet or nat_done or bridged and hook != "PREROUTING"):
             continue
@@ -116,8 +118,36 @@ def run_hook(ns: Netns, hook: str, pkt: Packet, conn: ConnView, runtime: Runtime
         if result.nat is not None:
             outcome.nat.append((ref, result.nat))
             nat_done = True
+            view = translated(ns, hook, result.nat, view, in_iface)
+            ctx.packet = view
         if result.verdict in ("DROP", "REJECT"):
             outcome.verdict = result.verdict
             outcome.reject_with = result.reject_with
             break
+    pkt.mark = view.mark
     return outcome
+
+
+def nat_destination(ns: Netns, hook: str, nat: NatAction, pkt: Packet, in_iface: Optional[str]):
+    """The (address, port) a DNAT or REDIRECT sends the packet to."""
+    if nat.kind == "REDIRECT":
+        # REDIRECT: to the loopback address for locally generated packets, else to the
+        # primary address of the incoming interface
+        addr = ipaddress.ip_address("127.0.0.1" if hook == "OUTPUT" else "0.0.0.0")
+        if hook != "OUTPUT":
+            link = ns.links.get(in_iface or "")
+            addr = link.addresses[0].ip if link and link.addresses else addr
+        return addr, nat.port
+    return (nat.addr if nat.addr is not None else pkt.dst), (nat.port if nat.port is not None else pkt.dport)
+
+
+def translated(ns: Netns, hook: str, nat: NatAction, pkt: Packet, in_iface: Optional[str]) -> Packet:
+    """The packet as chains after a NAT binding see it. MASQUERADE's address depends on the
+    route and is left to the walker (nothing after POSTROUTING's nat chain looks at it)."""
+    out = pkt.copy()
+    if nat.kind in ("DNAT", "REDIRECT"):
+        out.dst, out.dport = nat_destination(ns, hook, nat, pkt, in_iface)
+    elif nat.kind == "SNAT":
+        out.src = nat.addr if nat.addr is not None else pkt.src
+        out.sport = nat.port if nat.port is not None else pkt.sport
+    return out

@@ -28,7 +28,7 @@ from ..linux.routing import RouteResult, tables_of
 from ..linux.state import DataplaneState, IPAddress, Link, Listener, Netns
 from .conntrack import (Tracked, apply_dst_manip, apply_src_manip, bind_dnat, bind_snat,
                         tuple_of)
-from .hooks import run_hook
+from .hooks import nat_destination, run_hook
 from .runtime import Runtime
 
 VXLAN_OVERHEAD = 50
@@ -353,6 +353,8 @@ class Walker:
             if peer is None:
                 self._drop(ns, f"veth {link.name} has no peer", pkt)
             pns, plink = peer
+            if pns is not ns:
+                pkt.mark = 0            # crossing namespaces scrubs the skb (skb_scrub_packet)
             self.hop(ns, "xmit", f"out {link.name} (veth) -> {plink.name} in {pns.name}", link.name, pkt=pkt)
             self._receive(pns, plink, frame, dst_mac)
             return
@@ -371,6 +373,7 @@ class Walker:
                                        "(no direct connectivity)", pkt)
                     self.hop(ns, "xmit", f"out {link.name} onto L2 segment {link.segment} -> "
                                          f"{mns.name} {mlink.name} ({dst_mac})", link.name, pkt=pkt)
+                    pkt.mark = 0        # the wire carries no skb mark
                     self._receive(mns, mlink, frame, dst_mac)
                     return
                 if mlink.master and (mns.name, mlink.name) != (ns.name, link.name):
@@ -378,6 +381,7 @@ class Walker:
                     if bridge and bridge.mac == dst_mac:
                         self.hop(ns, "xmit", f"out {link.name} onto L2 segment {link.segment} -> "
                                              f"{mns.name} {mlink.name}", link.name, pkt=pkt)
+                        pkt.mark = 0
                         self._receive(mns, mlink, frame, dst_mac)
                         return
             self._drop(ns, f"no station with MAC {dst_mac} on segment {link.segment}", pkt)
@@ -724,11 +728,12 @@ class Walker:
                  steps=result.steps, pkt=pkt)
         if result.verdict == "DROP":
             last = result.steps[-1] if result.steps else None
-            self._drop(ns, f"dropped by {last.where() if last else hook}: {last.text if last else ''}".strip(), pkt)
+            self._drop(ns, f"dropped by {last.where() if last else hook}: {last.text if last else ''}".strip()
+                       + _said_by(result.steps, with_own=False), pkt)
         if result.verdict == "REJECT":
             last = result.steps[-1] if result.steps else None
             self._end("rejected", ns, f"rejected ({result.reject_with or 'icmp-port-unreachable'}) by "
-                      f"{last.where() if last else hook}", pkt)
+                      f"{last.where() if last else hook}" + _said_by(result.steps), pkt)
         for ref, nat in result.nat:
             self._apply_nat(ns, hook, nat, pkt, tracked, in_iface, out_iface, route)
 
@@ -736,15 +741,7 @@ class Walker:
                    in_iface: Optional[str], out_iface: Optional[str], route: Optional[RouteResult]) -> None:
         conn = tracked.conn
         if nat.kind in ("DNAT", "REDIRECT"):
-            if nat.kind == "REDIRECT":
-                addr = ipaddress.ip_address("127.0.0.1" if hook == "OUTPUT" else "0.0.0.0")
-                if hook != "OUTPUT":
-                    link = ns.links.get(in_iface or "")
-                    addr = link.addresses[0].ip if link and link.addresses else addr
-                port = nat.port
-            else:
-                addr = nat.addr if nat.addr is not None else pkt.dst
-                port = nat.port if nat.port is not None else pkt.dport
+            addr, port = nat_destination(ns, hook, nat, pkt, in_iface)
             old = ep(pkt.dst, pkt.dport)
             pkt.dst, pkt.dport = addr, port
             if conn is not None:
@@ -769,6 +766,34 @@ class Walker:
         if conn is not None:
             bind_snat(conn, addr, port)
         self.hop(ns, "nat", f"{how}: source {old} -> {ep(addr, port)}", out_iface, pkt=pkt)
+
+
+def _comment(text: str) -> str:
+    """The comment of a rule as iptables-save (`--comment X`) or nft (`comment "X"`) prints it."""
+    from ..linux.iptables import split_line
+    try:
+        words = split_line(text)[0]
+    except Exception:
+        return ""
+    for i, w in enumerate(words[:-1]):
+        if w == "--comment" or (w == "comment" and i > 0 and words[i - 1] != "-m"):
+            return words[i + 1]
+    return ""
+
+
+def _said_by(steps: list[Step], with_own: bool = True) -> str:
+    """What the rules say about a drop: the deciding rule's comment and those of the jumps its
+    chain took before it (kube-router's `run through nw policy NAME`, say)."""
+    if not steps:
+        return ""
+    last = steps[-1]
+    own = _comment(last.text) if with_own else ""
+    after = [c for s in steps[:-1] if (s.engine, s.table, s.chain) == (last.engine, last.table, last.chain)
+             and s.action.startswith(("-j ", "-g ", "jump ", "goto ")) and s.action.split()[-1] != "MARK"
+             and (c := _comment(s.text))]
+    if not (own or after):
+        return ""
+    return f": {own or last.text}" + (f" (after: {'; '.join(after)})" if after else "")
 
 
 def tuple_text(pkt: Packet) -> str:
