@@ -583,8 +583,11 @@ class Host:
     its iptables-save text), or a namespace name in `state`."""
 
     def __init__(self, state: DataplaneState, ns: Netns, iptables: IptablesBuilder,
-                 ip6tables: IptablesBuilder, standalone: bool):
+                 ip6tables: IptablesBuilder, standalone: bool, context: Any = None):
         self.state = state
+        # the NodeContext the runtime ran the plugin from (its dataplane and cluster), or None:
+        # a plugin whose datastore is cluster-wide (calico-ipam) finds it there
+        self.context = context
         self.ns = ns
         self.iptables = iptables
         self.ip6tables = ip6tables
@@ -605,7 +608,7 @@ class Host:
                 v6.add_restore(host.ip6tables)
             return cls(state, host, v4, v6, standalone=True)
         if hasattr(host, "ns") and hasattr(host, "iptables"):       # a NodeContext
-            return cls(state, host.ns, host.iptables, host.ip6tables, standalone=False)
+            return cls(state, host.ns, host.iptables, host.ip6tables, standalone=False, context=host)
         raise TypeError(f"not a host: {host!r}")
 
     def builder(self, family: int) -> IptablesBuilder:

@@ -235,9 +235,24 @@ class PodIPAM:
                 rng.release(ip)
 
 
-IPAM_BY_CNI: dict[str, type[PodIPAM]] = {}
+# CNI plugin -> its IPAM: a PodIPAM subclass or "module:Class" (imported on first use)
+IPAM_BY_CNI: dict[str, type[PodIPAM] | str] = {
+    "calico": "podnet.cni.calico_ipam:CalicoIPAM",
+    "weave": "podnet.cni.weave:WeaveIPAM",
+}
 
 
-def ipam_for(cfg) -> PodIPAM:
-    """The IPAM the cluster's CNI uses (host-local unless a CNI registers its own)."""
-    return IPAM_BY_CNI.get(cfg.cni.plugin, PodIPAM)(cfg)
+def ipam_for(cfg, nodes=()) -> PodIPAM:
+    """The IPAM the cluster's CNI uses (host-local unless a CNI registers its own).
+
+    `nodes` are the cluster's nodes, for IPAMs that split a range among all of them
+    up front (weave's ring); they are given to the IPAM as its `nodes`."""
+    target = IPAM_BY_CNI.get(cfg.cni.plugin, PodIPAM)
+    if isinstance(target, str):
+        import importlib
+        module, _, cls = target.partition(":")
+        target = getattr(importlib.import_module(module), cls)
+    ipam = target(cfg)
+    if nodes:
+        ipam.nodes = list(nodes)
+    return ipam

@@ -55,9 +55,11 @@ def route_line(r: Route, show_table: bool = False) -> str:
 
 def _route_sort_key(r: Route):
     # iproute2 prints in kernel FIB order; podnet orders by table, then default first,
-    # then by destination address and prefix, which is how the kernel's trie walks them
+    # then by destination address and prefix, which is how the kernel's trie walks them:
+    # prefixes sharing one address are a single leaf, listed longest first (a pod's
+    # 10.244.190.0/32 before calico's blackhole 10.244.190.0/26)
     return (r.table != 254, r.table, r.dst.version, r.dst.prefixlen != 0, int(r.dst.network_address),
-            r.dst.prefixlen, r.metric)
+            -r.dst.prefixlen, r.metric)
 
 
 def ip_route(ns: Netns, table: str | int = "main", family: int = 4, include_kernel: bool = True) -> str:
