@@ -189,7 +189,7 @@ class Cluster:
 
         # pod IPs: hostNetwork pods share the node's; recorded IPs are kept; the rest
         # come from the CNI's IPAM in creation order
-        self.ipam = ipam_for(cfg)
+        self.ipam = ipam_for(cfg, self.nodes)
         for pod in pods:
             node = self._node_by_name.get(pod.node_name)
             if pod.pod_ips and not pod.host_network:

@@ -75,6 +75,7 @@ def build_dataplane(cluster: Cluster, cni: Optional[str] = None, proxy_mode: Opt
         dp.contexts[node.name] = NodeContext(dp, node, ns)
         if runs_proxy:
             dp.proxy_nodes.add(node.name)
+    topology.block_unreachable(cfg, state, cluster.nodes)
 
     from ..cni import solution_for
     solution = solution_for(cfg)

@@ -21,6 +21,7 @@ import ipaddress
 
 from ..api.objects import Node, Pod
 from ..config import ClusterConfig
+from ..errors import InputError
 from ..linux.state import (DataplaneState, Link, Listener, Netns, Route, Rule, Segment,
                            default_rules)
 
@@ -88,6 +89,21 @@ def build_underlay(cfg: ClusterConfig, state: DataplaneState) -> None:
         [Rule(50, 254, dst=UPLINK_NET), Rule(100, 100)] + default_rules(4)[1:] + default_rules(6)
     inet.listeners.append(Listener("tcp", ANY4, 0, "the outside world (any port)"))
     inet.listeners.append(Listener("udp", ANY4, 0, "the outside world (any port)"))
+
+
+def block_unreachable(cfg: ClusterConfig, state: DataplaneState, nodes: list[Node]) -> None:
+    """`nodeNetwork.unreachable`: the pairs of nodes whose NICs the segment does not connect
+    (a firewall between them, the weave chapter's partial-connectivity demo)."""
+    from ..control.nodes import subnet_of_node
+    names = {n.name for n in nodes}
+    for i, (a, b) in enumerate(cfg.unreachable):
+        for name in (a, b):
+            if name not in names:
+                raise InputError(f"no node named {name!r}", obj="PodnetConfig",
+                                 field=f"nodeNetwork.unreachable[{i}]")
+        seg_a, seg_b = (cfg.underlay[subnet_of_node(cfg, n)].name for n in (a, b))
+        if seg_a == seg_b and a != b:
+            state.segments[seg_a].blocked_pairs.add((a, b))
 
 
 def build_node(cfg: ClusterConfig, state: DataplaneState, node: Node, proxy_runs: bool) -> Netns:
