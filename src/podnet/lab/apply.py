@@ -549,9 +549,10 @@ class Applier:
                             self._nl(ipr, where, f"link set {link.name} nomaster", "link", "set", index=i, master=0)
                     if link.master and (fresh or (prev.hairpin, prev.learning) != (link.hairpin, link.learning)):
                         if link.hairpin or not link.learning or not fresh:
+                            # IFLA_BRPORT_MODE is the hairpin flag; pyroute2 ignores unknown keywords
                             self._nl(ipr, where, f"link set {link.name} type bridge_slave hairpin "
                                                  f"{'on' if link.hairpin else 'off'}", "brport", "set", index=i,
-                                     hairpin_mode=int(link.hairpin), learning=int(link.learning))
+                                     mode=int(link.hairpin), learning=int(link.learning))
                     if link.noarp and (fresh or not prev.noarp):
                         self._nl(ipr, where, f"link set {link.name} arp off", "link", "set", index=i,
                                  flags=IFF_NOARP, change=IFF_NOARP)

@@ -414,6 +414,19 @@ def compare_netfilter_rest(model: Netns, kernel: Netns) -> list[Diff]:
     return out
 
 
+def _vxlan_sockets(ns: Netns, families: set) -> set[str]:
+    """The UDP socket the kernel opens for every VXLAN device that is up (`ss -uln` lists it):
+    on the wildcard address of the local address's family (IPv4 without one)."""
+    out = set()
+    for link in ns.links.values():
+        vx = link.vxlan
+        if link.kind == "vxlan" and vx is not None and link.up:
+            family = vx.local.version if vx.local is not None else 4
+            if family in families:
+                out.add(f"udp {'0.0.0.0' if family == 4 else '::'}:{vx.dstport}")
+    return out
+
+
 def compare_listeners(model: Netns, kernel: Netns) -> list[Diff]:
     """Sockets of the families the namespace has addresses of (an IPv4-only pod's [::]:80 listener
     is unreachable from outside, and kube-dns's server may bind 0.0.0.0 only)."""
@@ -422,7 +435,7 @@ def compare_listeners(model: Netns, kernel: Netns) -> list[Diff]:
     def line(l):
         return f"{l.proto} {l.ip}:{l.port}"
     m = sorted({line(l) for l in model.listeners if l.port and l.proto in ("tcp", "udp")
-                and l.ip.version in families})
+                and l.ip.version in families} | _vxlan_sockets(model, families))
     k = sorted({line(l) for l in kernel.listeners if l.ip.version in families})
     # the outside world answers on any port; the lab serves a few of them
     if model.kind == "external":
