@@ -13,8 +13,15 @@ from ..sim.trace import TraceRequest, explain_json, explain_text, trace
 from .main import cli, handle_errors, load_cluster, manifests_option
 
 
-def build_request(src, dst, proto: str, sport: int, size: int, reply: bool, seed, picks) -> TraceRequest:
+def build_request(src, dst, proto: str, sport: int, size: int, reply: bool, seed, picks,
+                  state=None) -> TraceRequest:
     family_any = ipaddress.ip_address("0.0.0.0" if dst.ip.version == 4 else "::")
+    if src.ip is None and src.inject_iface is None and state is not None and src.ns in state.namespaces:
+        # an unbound client socket: connect() takes the source address of the route
+        # (127.0.0.1 towards localhost, the pod's IP towards anything else)
+        from ..linux.routing import route_get
+        chosen = route_get(state.netns(src.ns), dst.ip).src
+        src = type(src)(src.ns, chosen, src.inject_iface, src.label) if chosen is not None else src
     proto = dst.proto or proto
     if proto == "icmp" and dst.ip.version == 6:
         proto = "icmpv6"
@@ -42,12 +49,13 @@ def build_request(src, dst, proto: str, sport: int, size: int, reply: bool, seed
 @click.option("--snapshot", "snapshot_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Trace through a snapshot of real machines (podnet snapshot DIR) instead of a cluster.")
 @click.option("--cni", default=None, help="Override the cluster's CNI (kindnet, flannel, calico, weave, kubenet).")
+@click.option("--cni-mode", default=None, help="Override the CNI's mode (e.g. flannel host-gw, calico vxlan).")
 @click.option("--proxy-mode", default=None,
               help="Override kube-proxy's mode (iptables, nftables, ipvs, ebpf, userspace, none).")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @manifests_option
 @handle_errors
-def trace_cmd(source, destination, protocol, sport, size, reply, seed, snapshot_dir, cni, proxy_mode,
+def trace_cmd(source, destination, protocol, sport, size, reply, seed, snapshot_dir, cni, cni_mode, proxy_mode,
               output, paths):
     """Walk a packet through the dataplane and explain every hop.
 
@@ -73,17 +81,17 @@ def trace_cmd(source, destination, protocol, sport, size, reply, seed, snapshot_
         req = build_request(src, dst, protocol, sport, size, reply, seed, None)
     else:
         from ..dataplane import build_dataplane, resolve_endpoints
-        cluster = load_cluster(paths, cni=cni, proxy_mode=proxy_mode)
+        cluster = load_cluster(paths, cni=cni, cni_mode=cni_mode, proxy_mode=proxy_mode)
         dp = build_dataplane(cluster)
         state = dp.state
         src, dst, preamble = resolve_endpoints(dp, source, destination, protocol)
-        req = build_request(src, dst, protocol, sport, size, reply, seed, None)
+        req = build_request(src, dst, protocol, sport, size, reply, seed, None, state)
         if preamble and output == "text":
             click.echo(preamble)
         if dst.dns_server is not None:
             server, port, queries = dst.dns_server
             dns_dst = type(dst)(server, port, "udp", label=f"kube-dns {server}:{port}/udp")
-            dns_req = build_request(src, dns_dst, "udp", 53000, size, reply, seed, None)
+            dns_req = build_request(src, dns_dst, "udp", 53000, size, reply, seed, None, state)
             dns_result = trace(state, dns_req)
             if output == "text":
                 click.echo(f"\n# each of the {queries} DNS quer{'y' if queries == 1 else 'ies'} travels like this:")

@@ -155,7 +155,7 @@ def resolve_endpoints(dp: Dataplane, source: str, destination: str, protocol: st
     if source.startswith("pod/"):
         pod = cluster.pod(source[4:])
         ns = dp.netns_of_pod(pod)
-        src = Source(ns.name, pod.pod_ip, label=f"pod {pod.key}")
+        src = Source(ns.name, None, label=f"pod {pod.key}")     # unbound: the route picks the address
         notes.append(f"from pod {pod.key} ({pod.pod_ip}) on node {pod.node_name}")
     elif source.startswith("node/"):
         node = cluster.node(source[5:])
