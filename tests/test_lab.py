@@ -46,6 +46,16 @@ spec:
   ports: [{port: 80, nodePort: 30081}]
 """
 
+# what a CNI needs besides the guide's inputs: weave allocates from its own IPALLOC_RANGE
+# (10.32.0.0/12), so kube-proxy's cluster CIDR is set to match, as weave's docs tell kubeadm
+# users (otherwise kube-proxy masquerades pod -> ClusterIP traffic from outside its cluster CIDR)
+EXTRA = {"weave": """
+---
+apiVersion: podnet.dev/v1alpha1
+kind: PodnetConfig
+podSubnet: 10.32.0.0/12
+"""}
+
 # (cni, mode, kube-proxy mode)
 CONFIGS = [
     ("kindnet", None, "iptables"), ("kindnet", None, "nftables"),
@@ -131,7 +141,7 @@ def echo_fields(text: str) -> dict:
 @pytest.fixture(scope="module", params=CONFIGS, ids=[f"{c}-{m or 'default'}-{p}" for c, m, p in CONFIGS])
 def guide(request, tmp_path_factory):
     cni, mode, proxy = request.param
-    inputs = guide_inputs(tmp_path_factory.mktemp("guide"))
+    inputs = guide_inputs(tmp_path_factory.mktemp("guide"), extra=NODEPORTS + EXTRA.get(cni, ""))
     name = lab_name()
     lab = None
     try:
@@ -202,6 +212,7 @@ def test_node_to_clusterip(guide):
 
 def test_nodeport_from_the_underlay_and_external_traffic_policy(guide):
     nodes = guide.record["nodes"]
+    _, dp = guide.render(guide.record["inputs"], guide.record["overrides"])
     web_nodes = {v["node"]: k for k, v in pods(guide, "web-").items()}
     gateway = guide.kname("gateway")
     for node, info in nodes.items():
@@ -211,6 +222,8 @@ def test_nodeport_from_the_underlay_and_external_traffic_policy(guide):
         assert r.status == "ok" and r.server in web_nodes.values(), (node, r)
         # the node's own addresses: its IP, a bridge's .1 (cni0, cbr0) or a VTEP's .0 (flannel.1)
         own = {node_ip} | {str(ipaddress.ip_network(c).network_address + k) for c in info["pod_cidrs"] for k in (0, 1)}
+        # ... or any other address of the node (weave's bridge holds one from the ring)
+        own |= {str(a.ip) for _, a in dp.node_netns(node).addresses()}
         peers = {n["ips"][0] for n in nodes.values()}
         assert r.client in own | peers and r.client != "172.18.0.1", (node, r)
         # externalTrafficPolicy Local: only nodes with a web pod answer, and the pod sees the real client

@@ -67,7 +67,7 @@ VXLAN_PORT = 6784
 VXLAN_IF = f"vxlan-{VXLAN_PORT}"
 VNI = 1                     # podnet's: fastdp's tunnel id names the peer pair instead
 MTU = 1376                  # weave's default (GCE's 1460 minus VXLAN and ESP overhead)
-VXLAN_MTU = 65485           # ODP's vport is 65535; the most a kernel VXLAN over IPv4 takes
+VXLAN_OVERHEAD = 50         # ODP's vport has MTU 65535; a kernel VXLAN takes its underlay's less this
 NO_MASQ_LOCAL = "weaver-no-masq-local"
 EXPOSE = "weave:expose"     # the owner weave records for the bridge's address
 ROUTER_STATE = "/run/podnet/weave-router.json"
@@ -447,7 +447,7 @@ class Weave(CNISolution):
         a, b = ctx.dp.state.connect_veth(ns, BRIDGE_IF, ns, DATAPATH_IF, mtu=self.mtu)
         a.master, a.learning = BRIDGE, False
         b.master = DATAPATH
-        vx = ns.add_link(Link(VXLAN_IF, "vxlan", mtu=VXLAN_MTU, master=DATAPATH,
+        vx = ns.add_link(Link(VXLAN_IF, "vxlan", mtu=ns.links["eth0"].mtu - VXLAN_OVERHEAD, master=DATAPATH,
                               vxlan=VxlanInfo(VNI, local=node_ip, dstport=VXLAN_PORT, learning=False,
                                               dev="eth0")))
         vx.learning = False
@@ -482,6 +482,11 @@ class Weave(CNISolution):
     def connect_nodes(self, dp) -> None:
         """The converged MAC tables: where every pod's and bridge's MAC lives."""
         cluster = dp.cluster
+        cluster_cidr = self.cfg.pod_subnet_of(4)
+        if cluster_cidr is not None and not self.cidr.subnet_of(cluster_cidr):
+            dp.notes.append(f"weave: IPALLOC_RANGE {self.cidr} is outside kube-proxy's cluster CIDR {cluster_cidr}, "
+                            f"so kube-proxy masquerades pod -> Service traffic (set podSubnet: {self.cidr}, or "
+                            f"cni.options.ipallocRange to the podSubnet, to match them)")
         names = [n.name for n in cluster.nodes]
         stations: dict[str, list[tuple[str, str]]] = {n: [] for n in names}    # node -> [(mac, local port)]
         for n in names:
