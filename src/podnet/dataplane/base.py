@@ -92,6 +92,8 @@ def build_dataplane(cluster: Cluster, cni: Optional[str] = None, proxy_mode: Opt
         dp.pod_ns[pod.key] = pod_ns.name
         solution.add_pod(ctx, pod, pod_ns)
     solution.connect_nodes(dp)
+    from .loadbalancer import announce_load_balancers
+    announce_load_balancers(dp)
 
     from ..proxy.install import install_proxy
     for name in sorted(dp.proxy_nodes, key=lambda n: [x.name for x in cluster.nodes].index(n)):
