@@ -67,6 +67,15 @@ class IptablesBuilder:
         else:
             rules.append(rule)
 
+    def insert(self, table: str, chain: str, rule: str) -> None:
+        """`iptables -I CHAIN 1 rule`: first in the chain, ahead of earlier prepends (kube-router
+        keeps its top-level jumps at position 1)."""
+        rules = self.table(table).chains.setdefault(chain, [])
+        if rule in rules:
+            rules.remove(rule)
+        rules.insert(0, rule)
+        self.prepended.add((table, chain, rule))
+
     def add_restore(self, text: str) -> None:
         """Merge an iptables-restore payload (chain declarations and -A rules)."""
         table = None

@@ -789,8 +789,7 @@ def _said_by(steps: list[Step], with_own: bool = True) -> str:
     last = steps[-1]
     own = _comment(last.text) if with_own else ""
     after = [c for s in steps[:-1] if (s.engine, s.table, s.chain) == (last.engine, last.table, last.chain)
-             and s.action.startswith(("-j ", "-g ", "jump ", "goto ")) and s.action.split()[-1] != "MARK"
-             and (c := _comment(s.text))]
+             and s.action.startswith(("jump ", "goto ")) and (c := _comment(s.text))]
     if not (own or after):
         return ""
     return f": {own or last.text}" + (f" (after: {'; '.join(after)})" if after else "")
