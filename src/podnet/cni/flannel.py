@@ -43,9 +43,11 @@ import ipaddress
 import json
 from typing import Optional
 
+from ..errors import PodnetError
 from ..linux.state import FdbEntry, Link, Neighbour, Route, VxlanInfo, stable_mac
 from .base import CNISolution
 from .plugins import register
+from .plugins.host_local import DEFAULT_DATA_DIR, LAST_IP_PREFIX
 from .spec import Call, CNIError, Code, Plugin, Result, fail
 
 SUBNET_FILE = "/run/flannel/subnet.env"
@@ -266,7 +268,27 @@ class Flannel(CNISolution):
         builder.append("filter", "FLANNEL-FWD", f"-d {cluster} {FWD_COMMENT} -j ACCEPT")
 
     def add_pod(self, ctx, pod, pod_ns) -> None:
-        self.runtime_add(ctx, pod, pod_ns)
+        result = self.runtime_add(ctx, pod, pod_ns, pin_ips=False)
+        got = {ipc.address.ip for ipc in result.ips}
+        if not pod.pod_ips or got == set(pod.pod_ips):
+            return
+        # A recorded address (a dump of a real cluster) that is not next in host-local's order:
+        # kube-flannel's list declares no `ips` capability and the flannel plugin hands no `args`
+        # on, so the runtime cannot ask for it. What made host-local pick it on the real node is
+        # the node's allocation history, which a dump does not carry: that is reconstructed
+        # (each range set's last reserved address just before the recorded one) and ADD rerun.
+        self.runtime_del(ctx, pod, pod_ns)
+        fenv = parse_subnet_env(ctx.ns.files[SUBNET_FILE])
+        subnets = [fenv[k] for k in ("FLANNEL_SUBNET", "FLANNEL_IPV6_SUBNET") if k in fenv]
+        for i, subnet in enumerate(subnets):
+            for want in pod.pod_ips:
+                if want.version == subnet.version and want in subnet:
+                    ctx.ns.files[f"{DEFAULT_DATA_DIR}/{NETWORK_NAME}/{LAST_IP_PREFIX}{i}"] = str(want - 1)
+        result = self.runtime_add(ctx, pod, pod_ns, pin_ips=False)
+        got = {ipc.address.ip for ipc in result.ips}
+        if got != set(pod.pod_ips):
+            raise PodnetError(f"CNI ADD of pod {pod.key} on {ctx.node.name} gave {', '.join(sorted(map(str, got)))}, "
+                              f"the control plane decided {', '.join(map(str, pod.pod_ips))}")
 
     def connect_nodes(self, dp) -> None:
         """What flanneld does for every lease it watches (one per peer node)."""
