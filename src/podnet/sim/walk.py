@@ -416,6 +416,8 @@ class Walker:
         if in_port is not None and port.name == in_port.name and not port.hairpin:
             self._drop(ns, f"bridge {bridge.name}: destination is behind the ingress port {port.name} and "
                            "hairpin mode is off", pkt)
+        if in_port is not None and port.name == in_port.name:
+            how += " (hairpin: back out of the port it came in on)"
         self.hop(ns, "bridge", f"{bridge.name}: {how} -> out {port.name}", port.name, pkt=pkt)
         if in_port is not None and ns.sysctl_on("net.bridge.bridge-nf-call-iptables"):
             tracked = self.rt.ct(ns).track(pkt)
