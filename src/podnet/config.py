@@ -26,7 +26,7 @@ with kind itself::
     loadBalancer: {pools: ["172.18.255.200-172.18.255.250"]}
     kubeProxy: {mode: iptables, masqueradeBit: 14, masqueradeAll: false,
                 nodePortAddresses: [], localhostNodePorts: true, ipvsScheduler: rr,
-                disabledOnNodes: []}
+                disabledOnNodes: []}           # node names, or a role (control-plane, worker)
     dns: {ttl: 30, pods: insecure}
     bootstrap: true                    # add what a fresh kind cluster has
 
@@ -341,7 +341,17 @@ def _apply_podnet_config(cfg: ClusterConfig, f: Fields) -> None:
         p.localhost_node_ports = bool(kp.bool("localhostNodePorts", p.localhost_node_ports))
         p.ipvs_scheduler = kp.str("ipvsScheduler", p.ipvs_scheduler,
                                   choices=("rr", "wrr", "lc", "wlc", "sh", "dh", "mh", "sed", "nq"))
-        p.disabled_on_nodes = kp.strs("disabledOnNodes")
+        p.disabled_on_nodes = []
+        for i, entry in enumerate(kp.strs("disabledOnNodes")):
+            names = [n.name for n in cfg.nodes]
+            if entry in ("control-plane", "worker") and entry not in names:
+                # a role: every node of it (the cluster-ip-routing question's master)
+                p.disabled_on_nodes += [n.name for n in cfg.nodes if n.role == entry]
+            elif cfg.origin == "kind" and entry not in names:
+                raise kp.error(f"disabledOnNodes[{i}]", f"no node {entry!r} in the cluster "
+                               f"(nodes: {', '.join(names)}; or a role: control-plane, worker)")
+            else:
+                p.disabled_on_nodes.append(entry)
     dns = f.dict("dns")
     if dns.data:
         cfg.dns.ttl = dns.int("ttl", cfg.dns.ttl, minimum=0, maximum=3600)

@@ -9,7 +9,7 @@ from ..linux import render as fmt
 from .main import cli, handle_errors, load_cluster, manifests_option
 
 WHAT = ("links", "addr", "routes", "neigh", "fdb", "iptables", "ip6tables", "nft", "ipset", "ipvs", "cni",
-        "sysctl", "all")
+        "sysctl", "bpf-lb", "cilium-svc", "all")
 
 
 def _cni_files(ns) -> str:
@@ -50,13 +50,19 @@ def section(dp, ns, what: str) -> str:
         return _cni_files(ns)
     if what == "sysctl":
         return "\n".join(f"{k} = {v}" for k, v in sorted(ns.sysctls.items()))
+    if what in ("bpf-lb", "cilium-svc"):
+        if ns.socket_lb is None:
+            return ""
+        from ..proxy import ebpf
+        return ebpf.bpf_lb_list(ns.socket_lb) if what == "bpf-lb" else ebpf.service_list(ns.socket_lb)
     raise InputError(f"unknown WHAT {what!r}")
 
 
 COMMANDS = {"links": "ip -br link", "addr": "ip -br addr", "routes": "ip route", "neigh": "ip neigh",
             "fdb": "bridge fdb", "iptables": "iptables-save", "ip6tables": "ip6tables-save",
             "nft": "nft list ruleset", "ipset": "ipset save", "ipvs": "ipvsadm -Ln",
-            "cni": "cat /etc/cni/net.d/*", "sysctl": "sysctl net"}
+            "cni": "cat /etc/cni/net.d/*", "sysctl": "sysctl net", "bpf-lb": "cilium-dbg bpf lb list",
+            "cilium-svc": "cilium-dbg service list"}
 
 
 @cli.command("render", context_settings=dict(help_option_names=["-h", "--help"]))
@@ -72,9 +78,10 @@ def render_cmd(what, node_name, pod_name, cni, cni_mode, proxy_mode, paths):
     """Print what the real components would program on a node (or in a pod).
 
     WHAT is links | addr | routes | neigh | fdb | iptables | ip6tables | nft | ipset |
-    ipvs | cni | sysctl | all, printed as `ip -br link`, `ip route`, `ip neigh`,
-    `bridge fdb`, `iptables-save`, `nft list ruleset`, `ipset save`, `ipvsadm -Ln`
-    and the CNI conflist would show them, so the output diffs against a real node.
+    ipvs | cni | sysctl | bpf-lb | cilium-svc | all, printed as `ip -br link`, `ip route`,
+    `ip neigh`, `bridge fdb`, `iptables-save`, `nft list ruleset`, `ipset save`,
+    `ipvsadm -Ln`, the CNI conflist, `cilium-dbg bpf lb list` and `cilium-dbg service
+    list` would show them, so the output diffs against a real node.
 
     \b
     Examples:

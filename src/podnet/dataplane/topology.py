@@ -31,6 +31,8 @@ UPLINK_NET = ipaddress.ip_network("203.0.113.0/24")      # TEST-NET-3: the gatew
 UPLINK_GATEWAY = ipaddress.ip_address("203.0.113.1")
 INTERNET_ROUTER = ipaddress.ip_address("203.0.113.254")
 ANY4 = ipaddress.ip_address("0.0.0.0")
+PRIVATE_NETS = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12",
+                                                  "192.168.0.0/16")]   # RFC 1918, RFC 6598
 ANY6 = ipaddress.ip_address("::")
 
 # what runs in every node's root namespace (kubeadm/kind defaults)
@@ -85,6 +87,10 @@ def build_underlay(cfg: ClusterConfig, state: DataplaneState) -> None:
     # AnyIP: every address outside the cluster's networks is local to the internet namespace,
     # so a trace to 1.1.1.1:443 has somewhere to arrive
     inet.add_route(Route(ipaddress.ip_network("0.0.0.0/0"), "lo", table=100, type="local", scope="host"))
+    # ... except private and shared address space, which the internet does not route (a
+    # ClusterIP that leaves a node without a service proxy goes nowhere)
+    for private in PRIVATE_NETS:
+        inet.add_route(Route(private, table=100, type="blackhole", proto="static"))
     inet.rules = [Rule(0, 255)] + [Rule(50, 254, dst=sub.cidr) for sub in cfg.underlay] + \
         [Rule(50, 254, dst=UPLINK_NET), Rule(100, 100)] + default_rules(4)[1:] + default_rules(6)
     inet.listeners.append(Listener("tcp", ANY4, 0, "the outside world (any port)"))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional, Union
+from typing import Iterable, Iterator, NamedTuple, Optional, Union
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -242,6 +242,7 @@ class IpvsService:
     persistent: Optional[int] = None  # seconds (ClientIP session affinity)
     reals: list[IpvsRealServer] = field(default_factory=list)
     fwmark: Optional[int] = None
+    sched_flags: tuple = ()         # scheduler flags as ipvsadm names them (mh-port, sh-fallback...)
 
 
 @dataclass(slots=True)
@@ -281,29 +282,66 @@ class Listener:
     # a userspace proxy (kube-proxy's userspace mode): accepts and opens a new
     # connection to one of these backends, relaying the bytes
     relay_to: list[tuple[IPAddress, int]] = field(default_factory=list)
+    relays: bool = False            # a relay even with no backends (it closes what it accepts)
+
+
+# eBPF service load-balancing (Cilium's kube-proxy replacement), as its BPF maps hold it.
+LB_SCOPE_EXT = 0                    # LB_LOOKUP_SCOPE_EXT: the default scope, and traffic from outside
+LB_SCOPE_INT = 1                    # LB_LOOKUP_SCOPE_INT: the in-cluster view of a two-scope service
+IDENTITY_HOST = 1                   # reserved identities in cilium_ipcache
+IDENTITY_REMOTE_NODE = 6
+
+
+class LBKey(NamedTuple):
+    """A key of cilium_lb4_services_v2 / lb6 (struct lb4_key): a frontend, the lookup
+    scope, and the backend slot (0: the service's master entry)."""
+    address: IPAddress
+    dport: int
+    proto: str                      # tcp | udp | sctp
+    scope: int = LB_SCOPE_EXT
+    backend_slot: int = 0
 
 
 @dataclass(slots=True)
-class SocketLBService:
-    """One frontend of an eBPF socket load-balancer (Cilium's lb4_services_v2).
+class LBService:
+    """A value of cilium_lb4_services_v2 (struct lb4_service).
 
-    Slot 0 is the master entry with `count` backends; slots 1..count point to
-    backend ids in SocketLB.backends, as Cilium's two-level lookup does.
-    """
-    vip: IPAddress
+    The master entry (slot 0) has `count` backends, the service type and flags, and the
+    session-affinity timeout (which Cilium keeps in the backend id's place); slots
+    1..count each name one backend id of `SocketLB.backends`: maps hold fixed-size
+    values, so a service's backends are spread over several keys."""
+    backend_id: int = 0
+    count: int = 0
+    rev_nat_index: int = 0          # the service id; cilium_lb4_reverse_nat key
+    svc_type: str = "ClusterIP"     # ClusterIP | NodePort | ExternalIPs | LoadBalancer (master only)
+    # master only: ext-local, int-local, two-scopes, affinity, routable, source-range
+    flags: frozenset = frozenset()
+    affinity_timeout: int = 0
+
+
+@dataclass(slots=True)
+class LBBackend:
+    """A value of cilium_lb4_backends_v3, keyed by backend id."""
+    address: IPAddress
     port: int
-    proto: str
-    backend_ids: list[int] = field(default_factory=list)
-    kind: str = "ClusterIP"         # ClusterIP | NodePort | ExternalIP | LoadBalancer
-    service: str = ""               # ns/name:port
-    affinity_timeout: Optional[int] = None
-    local_only: bool = False        # externalTrafficPolicy Local on a NodePort
+    proto: str                      # tcp | udp | sctp
+    state: str = "active"           # active | terminating
 
 
 @dataclass(slots=True)
 class SocketLB:
-    services: dict[tuple, SocketLBService] = field(default_factory=dict)  # (vip, port, proto)
-    backends: dict[int, tuple[IPAddress, int]] = field(default_factory=dict)
+    """One node's eBPF load-balancer: the maps its cgroup (connect/sendmsg/recvmsg/
+    getpeername) and tc (bpf_host from-netdev) programs read, plus what the agent
+    knows for people (`names`)."""
+    services: dict[LBKey, LBService] = field(default_factory=dict)        # cilium_lb{4,6}_services_v2
+    backends: dict[int, LBBackend] = field(default_factory=dict)          # cilium_lb{4,6}_backends_v3
+    rev_nat: dict[int, tuple[IPAddress, int]] = field(default_factory=dict)   # cilium_lb{4,6}_reverse_nat
+    source_ranges: dict[int, list[IPNetwork]] = field(default_factory=dict)   # cilium_lb{4,6}_source_range
+    ipcache: dict[IPAddress, int] = field(default_factory=dict)           # addresses with host/remote-node identity
+    endpoints: set = field(default_factory=set)                           # cilium_lxc: this node's pod addresses
+    nodeport_addrs: dict[int, IPAddress] = field(default_factory=dict)    # IPV4_NODEPORT: the SNAT address
+    nodeport_range: tuple[int, int] = (30000, 32767)
+    names: dict[int, str] = field(default_factory=dict)                   # service id -> ns/name:port
 
 
 # ---------------------------------------------------------------------------

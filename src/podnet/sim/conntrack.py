@@ -151,7 +151,8 @@ def apply_dst_manip(tracked: Tracked, pkt: Packet) -> Optional[str]:
         return None
     old = _ep(pkt.dst, pkt.dport)
     pkt.dst, pkt.dport = new_dst, new_port
-    return f"{'DNAT' if tracked.direction == 'ORIGINAL' else 'un-SNAT'} (conntrack): dst {old} -> {_ep(new_dst, new_port)}"
+    return f"{'DNAT' if tracked.direction == 'ORIGINAL' else 'un-SNAT'} ({conn.note or 'conntrack'}): dst {old} -> " \
+           f"{_ep(new_dst, new_port)}"
 
 
 def apply_src_manip(tracked: Tracked, pkt: Packet) -> Optional[str]:
@@ -169,7 +170,8 @@ def apply_src_manip(tracked: Tracked, pkt: Packet) -> Optional[str]:
         return None
     old = _ep(pkt.src, pkt.sport)
     pkt.src, pkt.sport = new_src, new_port
-    return f"{'SNAT' if tracked.direction == 'ORIGINAL' else 'un-DNAT'} (conntrack): src {old} -> {_ep(new_src, new_port)}"
+    return f"{'SNAT' if tracked.direction == 'ORIGINAL' else 'un-DNAT'} ({conn.note or 'conntrack'}): src {old} -> " \
+           f"{_ep(new_src, new_port)}"
 
 
 def _ep(addr, port) -> str:

@@ -28,6 +28,7 @@ from ..linux.routing import RouteResult, tables_of
 from ..linux.state import DataplaneState, IPAddress, Link, Listener, Netns
 from .conntrack import (Tracked, apply_dst_manip, apply_src_manip, bind_dnat, bind_snat,
                         tuple_of)
+from . import bpf_lb
 from .hooks import nat_destination, run_hook
 from .runtime import Runtime
 
@@ -186,30 +187,53 @@ class Walker:
     def _socket_lb_connect(self, ns: Netns, pkt: Packet) -> None:
         """eBPF socket load-balancing: translate the service address at connect()/sendmsg()."""
         lb, owner = self._socket_lb(ns)
-        if lb is None or pkt.dport is None:
+        if lb is None or pkt.dport is None or pkt.proto not in ("tcp", "udp", "sctp"):
             return
-        svc = lb.services.get((pkt.dst, pkt.dport, pkt.proto))
-        if svc is None:
+        sel = bpf_lb.sock_xlate_fwd(lb, pkt.dst, pkt.dport, pkt.proto, ns.name == owner, self.rt.choose)
+        if sel is None:
             return
-        hook = "cgroup/connect4" if pkt.dst.version == 4 else "cgroup/connect6"
-        if pkt.proto == "udp":
-            hook = hook.replace("connect", "sendmsg")
-        if not svc.backend_ids:
-            self.hop(ns, "socket-lb", f"{hook}: service {svc.service} ({ep(svc.vip, svc.port)}) "
-                     "has no backends: connect() fails with ECONNREFUSED", pkt=pkt)
-            self._end("rejected", ns, "socket LB: no backends (ECONNREFUSED)", pkt)
-        n = len(svc.backend_ids)
-        i = self.rt.choose(f"socket-lb:{ep(svc.vip, svc.port)}",
-                           [(str(lb.backends[b][0]), 1 / n) for b in svc.backend_ids])
-        backend_id = svc.backend_ids[i]
-        addr, port = lb.backends[backend_id]
-        self.rt.sock_lb_reverse[(ns.name, pkt.proto, pkt.sport, addr, port)] = (pkt.dst, pkt.dport)
+        v = pkt.dst.version
+        hook = f"cgroup/{'sendmsg' if pkt.proto == 'udp' else 'connect'}{v if v == 6 else 4}"
+        svc = sel.svc
+        name = lb.names.get(svc.rev_nat_index, "")
+        where = (f"{hook} (eBPF socket LB on the root cgroup of {owner}): cilium_lb{v}_services_v2 "
+                 f"{bpf_lb.key_text(sel.key)} -> {svc.count} backend{'s' if svc.count != 1 else ''} "
+                 f"[{bpf_lb.flags_text(svc)}], service #{svc.rev_nat_index}" + (f" {name}" if name else "")
+                 + (f" ({sel.how})" if sel.how else ""))
+        if sel.error.startswith("EPERM"):
+            self.hop(ns, "socket-lb", f"{where}: {sel.error}", pkt=pkt)
+            return
+        if sel.error:
+            self.hop(ns, "socket-lb", f"{where}: {sel.error}", pkt=pkt)
+            self._end("rejected", ns, f"socket LB: {name or ep(pkt.dst, pkt.dport)} has no backends: "
+                      f"{hook.split('/')[1]}() fails with {sel.error.split()[0]}", pkt)
+        b = sel.backend
+        self.rt.sock_lb_reverse[(ns.name, pkt.proto, pkt.sport, b.address, b.port)] = \
+            (pkt.dst, pkt.dport, pkt.proto, svc.rev_nat_index)
+        front = ep(pkt.dst, pkt.dport)
+        pkt.dst, pkt.dport = b.address, b.port
         self.hop(ns, "socket-lb",
-                 f"{hook} (eBPF socket LB on {owner}): service map {ep(svc.vip, svc.port)}/{pkt.proto} "
-                 f"-> slot {i + 1} of {n} -> backend #{backend_id} {ep(addr, port)}; "
-                 "the socket is connected to the backend, so the first packet already carries it",
+                 f"{where}; slot {sel.slot} -> backend #{sel.backend_id} {bpf_lb.backend_text(b)} "
+                 f"(cilium_lb{v}_backends_v3): the socket is connected to {ep(b.address, b.port)} instead of "
+                 f"{front}, so the first packet already carries the backend's address (no DNAT on the way)",
                  pkt=pkt)
-        pkt.dst, pkt.dport = addr, port
+
+    def _socket_lb_reverse(self, ns: Netns, pkt: Packet):
+        """recvmsg/getpeername: the peer a socket translated at connect() shows to its application."""
+        rev = self.rt.sock_lb_reverse.get((ns.name, pkt.proto, pkt.dport, pkt.src, pkt.sport))
+        if rev is None:
+            return None
+        lb, owner = self._socket_lb(ns)
+        hook = f"cgroup/{'recvmsg' if pkt.proto == 'udp' else 'getpeername'}{6 if pkt.src.version == 6 else 4}"
+        front = bpf_lb.sock_xlate_rev(lb, rev, ns.name == owner) if lb is not None else None
+        if front is None:
+            self.hop(ns, "socket-lb", f"{hook}: the reverse entry of service #{rev[3]} is stale: the "
+                     f"application sees the backend {ep(pkt.src, pkt.sport)}", pkt=pkt)
+            return None
+        self.hop(ns, "socket-lb", f"{hook} (eBPF socket LB): cilium_lb{pkt.src.version}_reverse_sk entry of "
+                 f"this socket: the backend {ep(pkt.src, pkt.sport)} is shown to the application as "
+                 f"{ep(*front)}", pkt=pkt)
+        return front
 
     def _socket_lb(self, ns: Netns):
         if ns.socket_lb is not None:
@@ -463,7 +487,9 @@ class Walker:
         pkt = frame.pkt
         self.hop(ns, "recv", f"in {link.name}", link.name, pkt=pkt)
         routing = tables_of(ns)
-        self._tc_ingress_service(ns, link, pkt)
+        tc = self._tc_ingress_service(ns, link, pkt)
+        if tc is not None and tracked is None:
+            tracked = tc                # bpf_host redirects it on: no netfilter PREROUTING
         mode = ns.rp_filter(link.name)
         if mode and not pkt.src.is_unspecified:
             back = routing.lookup(pkt.src, None, None, None, pkt.mark)
@@ -480,6 +506,9 @@ class Walker:
         route = routing.lookup(pkt.dst, pkt.src, link.name, None, pkt.mark)
         if not route.ok:
             self.hop(ns, "route", route.text(pkt.src, link.name), link.name, pkt=pkt)
+            if route.type == "blackhole":
+                self._drop(ns, f"{pkt.dst} matches a blackhole route: dropped silently (the client times out)",
+                           pkt)
             self._drop(ns, f"no route to {pkt.dst}: {route.error}", pkt)
         if route.type == "local":
             self.hop(ns, "route", route.text(pkt.src, link.name), link.name, pkt=pkt)
@@ -498,29 +527,42 @@ class Walker:
         self._hook(ns, "FORWARD", frame, tracked, in_iface=link.name, out_iface=route.dev)
         self._output(ns, frame, route, tracked, in_link=link)
 
-    def _tc_ingress_service(self, ns: Netns, link: Link, pkt: Packet) -> None:
+    def _tc_ingress_service(self, ns: Netns, link: Link, pkt: Packet) -> Optional[Tracked]:
         """eBPF kube-proxy replacement at the NIC (tc ingress): NodePort / LB / external IPs."""
         lb = ns.socket_lb
-        if lb is None or pkt.dport is None or link.kind in ("veth", "loopback"):
-            return
-        svc = lb.services.get((pkt.dst, pkt.dport, pkt.proto))
-        if svc is None or svc.kind == "ClusterIP":
-            return
-        if not svc.backend_ids:
-            self.hop(ns, "tc-ingress", f"bpf_host from-netdev: {svc.kind} {ep(svc.vip, svc.port)} of "
-                     f"{svc.service} has no {'local ' if svc.local_only else ''}backends: drop", link.name, pkt=pkt)
-            self._drop(ns, f"eBPF service {svc.service}: no backends", pkt)
-        n = len(svc.backend_ids)
-        i = self.rt.choose(f"tc-lb:{ep(svc.vip, svc.port)}",
-                           [(str(lb.backends[b][0]), 1 / n) for b in svc.backend_ids])
-        addr, port = lb.backends[svc.backend_ids[i]]
+        if lb is None or pkt.dport is None or link.kind in ("veth", "loopback") \
+                or pkt.proto not in ("tcp", "udp", "sctp"):
+            return None
+        if self.rt.ct(ns).lookup(pkt) is not None:
+            return None                 # a packet of a connection already being load-balanced
+        sel = bpf_lb.nodeport_lb(lb, pkt.src, pkt.dst, pkt.dport, pkt.proto, self.rt.choose)
+        if sel is None:
+            return None
+        svc = sel.svc
+        name = lb.names.get(svc.rev_nat_index, "")
+        where = (f"bpf_host from-netdev (tc ingress on {link.name}): nodeport_lb{pkt.dst.version} "
+                 f"{bpf_lb.key_text(sel.key)} -> {svc.count} backend{'s' if svc.count != 1 else ''} "
+                 f"[{bpf_lb.flags_text(svc)}], service #{svc.rev_nat_index}" + (f" {name}" if name else ""))
+        if sel.error:
+            self.hop(ns, "tc-ingress", f"{where}: {sel.error}", link.name, pkt=pkt)
+            self._drop(ns, f"eBPF service {name or ep(pkt.dst, pkt.dport)}: {sel.error}", pkt)
+        b = sel.backend
         tracked = self.rt.ct(ns).track(pkt)
+        tracked.conn.note = f"eBPF NAT of service #{svc.rev_nat_index}"
+        bind_dnat(tracked.conn, b.address, b.port)
         old = ep(pkt.dst, pkt.dport)
-        if tracked.conn is not None and tracked.new:
-            bind_dnat(tracked.conn, addr, port)
-        pkt.dst, pkt.dport = addr, port
-        self.hop(ns, "tc-ingress", f"bpf_host from-netdev: {svc.kind} {old} ({svc.service}) -> backend "
-                 f"slot {i + 1} of {n} {ep(addr, port)}", link.name, pkt=pkt)
+        pkt.dst, pkt.dport = b.address, b.port
+        text = f"{where}; slot {sel.slot} -> backend #{sel.backend_id} {bpf_lb.backend_text(b)}: DNAT {old} -> " \
+               f"{ep(b.address, b.port)}"
+        if sel.snat is not None:
+            bind_snat(tracked.conn, sel.snat, pkt.sport)
+            text += f"; the backend is on another node: SNAT {ep(pkt.src, pkt.sport)} -> {ep(sel.snat, pkt.sport)}"
+            pkt.src = sel.snat
+        else:
+            text += f"; the backend is on this node: the client address {pkt.src} is kept"
+        self.rt.ct(ns).confirm(tracked)
+        self.hop(ns, "tc-ingress", text, link.name, pkt=pkt)
+        return Tracked(tracked.conn, "ORIGINAL", new=False)
 
     # ------------------------------------------------------------ local delivery
     def _local_in(self, ns: Netns, link: Link, frame: Frame, tracked: Tracked) -> None:
@@ -540,22 +582,18 @@ class Walker:
         # a reply reaching the socket that started the walk
         client = self.rt.client_sockets.get((ns.name, pkt.proto, pkt.dst, pkt.dport))
         if client is not None:
+            # the kernel matches the socket's peer; a socket-LB socket's peer is the backend
             src = (pkt.src, pkt.sport)
-            reverse = self.rt.sock_lb_reverse.get((ns.name, pkt.proto, pkt.dport, pkt.src, pkt.sport))
-            if reverse is not None:
-                self.hop(ns, "socket-lb", f"cgroup/recvmsg (eBPF socket LB): reply from backend "
-                         f"{ep(pkt.src, pkt.sport)} shown to the application as {ep(*reverse)}", pkt=pkt)
-                src = reverse
-            expect = client
-            if src == expect:
+            if src == client:
+                shown = self._socket_lb_reverse(ns, pkt) or src
                 self._end("delivered", ns, f"reply received by the client socket "
-                          f"{ep(pkt.dst, pkt.dport)}, from {ep(*src)} as the client expects", pkt)
+                          f"{ep(pkt.dst, pkt.dport)}, from {ep(*shown)} as the client expects", pkt)
             self._end("dropped", ns, f"reply from {ep(*src)} does not match the client's connection to "
-                      f"{ep(*expect)} (the socket would send RST)", pkt)
+                      f"{ep(*client)} (the socket would send RST)", pkt)
         if pkt.proto in ("icmp", "icmpv6") and (pkt.icmp_type in (None, 8, 128)):
             self._end("answered", ns, f"ICMP echo request answered by the kernel of {ns.name}", pkt)
         listener = _find_listener(ns, pkt)
-        if listener is not None and listener.relay_to:
+        if listener is not None and (listener.relay_to or listener.relays):
             self._relay(ns, listener, pkt)
             return
         if listener is not None:
@@ -571,6 +609,10 @@ class Walker:
     def _relay(self, ns: Netns, listener: Listener, pkt: Packet) -> None:
         """A userspace proxy accepts the connection and opens its own to a backend."""
         n = len(listener.relay_to)
+        if n == 0:
+            self._end("rejected", ns, f"{listener.owner or 'proxy'} accepted the connection on "
+                      f"{ep(pkt.dst, pkt.dport)} but has no backend to open one to: it closes it "
+                      "(the client sees the connection reset)", pkt, listener)
         i = self.rt.choose(f"relay:{ns.name}:{listener.port}", [(ep(*b), 1 / n) for b in listener.relay_to])
         addr, port = listener.relay_to[i]
         self.hop(ns, "userspace", f"{listener.owner or 'proxy'} accepted the connection on "
