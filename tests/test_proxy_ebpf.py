@@ -42,6 +42,14 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: web-lb, namespace: default}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 80}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: nobody, namespace: default}
 spec:
   selector: {app: nobody}
@@ -271,6 +279,24 @@ def test_nodeport_from_outside_at_tc_with_snat(tmp_path):
         assert reply.delivered and reply.packet.src == cp and reply.packet.sport == 30080
         assert reply.packet.dst == ip("198.51.100.7")
         assert any("un-DNAT (eBPF NAT of service" in h.text for h in branch.reply.hops)
+
+
+def test_load_balancer_ip_from_outside_at_tc(tmp_path):
+    dp = guide_lab(tmp_path)
+    svc = dp.cluster.service("web-lb")
+    vip = svc.lb_ips[0]
+    result = run_trace(dp, "ip/198.51.100.7", "lb/web-lb:80")
+    assert len(result.branches) == 2
+    for branch in result.branches:
+        tc = [h for h in branch.forward.hops if h.stage == "tc-ingress"]
+        assert len(tc) == 1 and f"{vip}:80/TCP (0)" in tc[0].text and "[LoadBalancer]" in tc[0].text
+        assert branch.forward.outcome.delivered
+        reply = branch.reply.outcome
+        assert reply.delivered and (reply.packet.src, reply.packet.sport) == (vip, 80)
+    # from inside the cluster the socket hook takes the VIP: no packet carries it
+    branch = run_trace(dp, "pod/net-tshoot-4lgv2", "lb/web-lb:80", seed=1).branches[0]
+    assert branch.forward.hops[0].stage == "socket-lb" and "[LoadBalancer]" in branch.forward.hops[0].text
+    assert all(f"-> {vip}:" not in h.packet for h in branch.forward.hops[1:] if h.packet)
 
 
 def test_external_traffic_policy_local_keeps_client_ip_and_drops_without_endpoint(tmp_path):
