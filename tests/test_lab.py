@@ -62,6 +62,7 @@ CONFIGS = [
     ("flannel", "vxlan", "iptables"), ("flannel", "vxlan", "nftables"),
     ("flannel", "host-gw", "iptables"), ("flannel", "host-gw", "nftables"),
     ("calico", "bgp", "iptables"), ("calico", "bgp", "nftables"),
+    ("calico", "vxlan", "iptables"), ("calico", "vxlan", "nftables"), ("calico", "vxlan-crosssubnet", "iptables"),
     ("weave", None, "iptables"), ("weave", None, "nftables"),
 ]
 

@@ -21,9 +21,11 @@ def _meta(item):
 @click.option("-o", "--output", type=click.Choice(["wide", "yaml", "json", "name"]), default=None,
               help="wide: more columns; yaml/json: the reconciled objects.")
 @click.option("-l", "--selector", default=None, help="Label selector, e.g. app=web.")
+@click.option("--cni", default=None, help="Override the cluster's CNI (its IPAM decides pod IPs).")
+@click.option("--cni-mode", default=None, help="Override the CNI's mode (e.g. calico vxlan).")
 @manifests_option
 @handle_errors
-def get(kind, name, namespace, all_namespaces, output, selector, paths):
+def get(kind, name, namespace, all_namespaces, output, selector, cni, cni_mode, paths):
     """Show objects of the reconciled cluster, like `kubectl get`.
 
     KIND is pods, services, endpointslices, endpoints, nodes, namespaces, deployments,
@@ -37,12 +39,13 @@ def get(kind, name, namespace, all_namespaces, output, selector, paths):
       podnet get endpointslices -f lab/             which pods back each Service
       podnet get nodes -o wide -f lab/              node IPs and pod CIDRs
       podnet get svc web -o yaml -f lab/            the Service as the API server would store it
+      podnet get pods -o wide --cni calico          pod IPs from calico-ipam's /26 blocks
     """
     table = find_kind(kind)
     if table is None:
         names = ", ".join(t.name for t in kind_tables())
         raise InputError(f"unknown resource type {kind!r} (known: {names})")
-    cluster = load_cluster(paths)
+    cluster = load_cluster(paths, cni=cni, cni_mode=cni_mode)
     items = table.items(cluster)
     if table.namespaced and not all_namespaces:
         ns = namespace or "default"

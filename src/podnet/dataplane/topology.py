@@ -77,7 +77,10 @@ def build_underlay(cfg: ClusterConfig, state: DataplaneState) -> None:
         nic.add_address(f"{sub.gateway}/{sub.cidr.prefixlen}")
         # the outside world reaches node addresses and LoadBalancer IPs through the gateway
         inet.add_route(Route(sub.cidr, "eth0", via=UPLINK_GATEWAY))
-        # docker: -A POSTROUTING -s 172.18.0.0/16 ! -o br-xxxx -j MASQUERADE
+        # docker: -A POSTROUTING -s 172.18.0.0/16 ! -o br-xxxx -j MASQUERADE; between the
+        # node subnets the gateway is a plain router (nodes keep their addresses)
+        masq += [f"-A POSTROUTING -s {sub.cidr} -d {other.cidr} -j RETURN" for other in cfg.underlay
+                 if other is not sub and other.cidr.version == sub.cidr.version]
         masq.append(f"-A POSTROUTING -s {sub.cidr} ! -o {nic.name} -j MASQUERADE")
     if cfg.underlay_v6 is not None:
         gw.links[f"br-{cfg.underlay[0].name}"[:15]].add_address(

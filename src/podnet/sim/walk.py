@@ -720,6 +720,9 @@ class Walker:
         inner = frame.inner
         if inner is None:
             self._drop(ns, "tunnel packet without payload", outer)
+        # the payload arrives in a fresh skb on this host: the sender's mark (kube-proxy's
+        # 0x4000 masquerade mark...) did not travel with it
+        inner.pkt.mark = 0
         if outer.proto == "udp":
             for link in ns.links.values():
                 vx = link.vxlan
