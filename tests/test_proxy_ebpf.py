@@ -344,3 +344,14 @@ def test_node_without_the_agent_does_not_translate(tmp_path):
     # its NodePort is not served either: nothing listens there
     cp = node_ip(dp, "k8s-guide-control-plane")
     assert run_trace(dp, "ip/198.51.100.7", f"{cp}:30080").branches[0].forward.outcome.result == "rejected"
+
+
+def test_the_lab_refuses_what_it_cannot_run(tmp_path):
+    """The lab loads no BPF programs and runs no relaying proxy: it says so, in one line."""
+    from podnet.lab.apply import Applier, LabError
+    for mode, words in (("ebpf", "eBPF socket load-balancer"), ("userspace", "userspace proxy")):
+        dp = guide_lab(tmp_path, mode=mode, extra="")
+        with pytest.raises(LabError, match=words) as info:
+            Applier(prefix="pntest-unused").check_supported(dp.state)
+        assert "\n" not in str(info.value)
+    Applier(prefix="pntest-unused").check_supported(guide_lab(tmp_path, mode="iptables", extra="").state)

@@ -276,6 +276,14 @@ class Applier:
                 if link.kind == "tun":
                     raise LabError(f"{ns.name}: link {link.name}: tun devices (userspace datapaths) are not "
                                    "supported by the lab")
+            if ns.socket_lb is not None:
+                raise LabError(f"{ns.name}: the eBPF socket load-balancer (proxy mode ebpf) is simulated only: "
+                               "the lab loads no BPF programs (trace it, or run the lab with --proxy-mode "
+                               "iptables, nftables or ipvs)")
+            if any(l.relays for l in ns.listeners):
+                raise LabError(f"{ns.name}: kube-proxy's userspace proxy (proxy mode userspace) is simulated "
+                               "only: the lab runs no relaying proxy (trace it, or run the lab with "
+                               "--proxy-mode iptables, nftables or ipvs)")
             if ns.ipvs and not self.caps.ipvs:
                 raise LabError(f"{ns.name}: this kernel lacks IPVS (no /proc/net/ip_vs), which the rendered "
                                "service proxy needs; run `lab up --ipvs-fallback iptables` to let kube-proxy "
