@@ -4,7 +4,6 @@ ranges), the packet walks through the cloud router, and the KubeCon talk's pod -
 (the cloud NAT knows node addresses only: dropped without masquerade, delivered with it); for real in
 the lab too."""
 
-import ipaddress
 import re
 import secrets
 

@@ -156,17 +156,23 @@ class WeaveRing:
                 return node
         return None
 
-    def lowest_free(self, node: str, used) -> Optional[ipaddress.IPv4Address]:
-        """space.Allocate over the subnet's host range: the lowest address not in `used`."""
-        first, last = self.start + 1, self.end - 2          # not the network or broadcast address
-        for lo, hi in sorted(self.owned(node)):
-            value = max(lo, first)
-            while value < min(hi, last + 1):
-                ip = ipaddress.IPv4Address(value)
-                if ip not in used:
-                    return ip
-                value += 1
-        return None
+    def lowest_free(self, node: str, used, floor: int = 0) -> Optional[ipaddress.IPv4Address]:
+        return lowest_free(self.cidr, self.owned(node), used, floor)
+
+
+def lowest_free(cidr: ipaddress.IPv4Network, ranges, used, floor: int = 0) -> Optional[ipaddress.IPv4Address]:
+    """space.Allocate over the subnet's host range: the lowest address of `ranges` ([lo, hi)
+    integer pairs) not in `used`, never the network or broadcast address of `cidr`
+    (`floor`: an address below which all are known to be used)."""
+    first, last = max(int(cidr.network_address) + 1, floor), int(cidr.broadcast_address) - 1
+    for lo, hi in sorted(ranges):
+        value = max(lo, first)
+        while value < min(hi, last + 1):
+            ip = ipaddress.IPv4Address(value)
+            if ip not in used:
+                return ip
+            value += 1
+    return None
 
 
 def ring_for(cfg, node_names: list[str]) -> WeaveRing:
@@ -188,6 +194,7 @@ class WeaveIPAM(PodIPAM):
         self.bridges: dict[str, ipaddress.IPv4Address] = {}
         self._ring: Optional[WeaveRing] = None
         self._node_names: list[str] = [n.name for n in cfg.nodes]
+        self._floor: dict[str, int] = {}         # node -> every address below is taken
 
     # the cluster tells its IPAM its nodes (control.ipam.ipam_for); a kind config already lists them
     @property
@@ -234,18 +241,20 @@ class WeaveIPAM(PodIPAM):
 
     def allocate(self, pod: Pod, node: Node) -> list:
         self._expose_all()
-        ip = self.ring.lowest_free(node.name, self.used)
+        ip = self.ring.lowest_free(node.name, self.used, self._floor.get(node.name, 0))
         if ip is None:
             cidrs = ", ".join(map(str, self.ring.cidrs(node.name))) or "none"
             raise AllocationError(f"no free address in weave's ring for node {node.name} (its ranges: {cidrs})",
                                   obj=f"Pod {pod.key}", field="status.podIPs")
         self.used[ip] = pod.key
+        self._floor[node.name] = int(ip) + 1
         return [ip]
 
     def release(self, pod: Pod, node: Optional[Node]) -> None:
         for ip in pod.pod_ips:
             if self.used.get(ip) == pod.key:
                 del self.used[ip]
+                self._floor.clear()
 
 
 def cluster_ipam(cluster) -> WeaveIPAM:
@@ -307,9 +316,7 @@ class WeaveNetPlugin(Plugin):
             if ipaddress.ip_address(ip) in used and allocations.get(call.container_id) != ip:
                 raise fail(f"unable to allocate IP address: address {ip} is already owned")
         if ip is None:
-            ring = WeaveRing(cidr, [])
-            ring.ranges = {"self": [tuple(r) for r in router["ranges"]]}
-            free = ring.lowest_free("self", used)
+            free = lowest_free(cidr, [tuple(r) for r in router["ranges"]], used)
             if free is None:
                 raise fail(f"unable to allocate IP address: no free address in {router['ranges']}")
             ip = str(free)
