@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""kube-proxy iptables and nftables renders at scale.
+"""kube-proxy iptables, nftables and IPVS renders at scale.
 
 Builds a ProxyView directly (10,000 Services x 10 endpoints by default: a mix
 of ClusterIP and NodePort Services, a tenth of the endpoints on this node),
 then for each mode times the first (full) sync and prints the payload size,
-changes one endpoint of one Service and times the partial re-sync.
+changes one endpoint of one Service and times the partial re-sync. For IPVS
+the size is that of the IPVS table (`ipvsadm -Sn`), the ipsets (`ipset save`)
+and the iptables-restore payload, and the re-sync also prints how many
+kernel operations (ipvsadm / ipset / ip commands) it takes.
 
     python bench/proxy_render.py [--services 10000] [--endpoints 10]
 """
@@ -18,7 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from podnet.linux.render import ipvsadm_save  # noqa: E402
 from podnet.proxy.iptables import IptablesProxier  # noqa: E402
+from podnet.proxy.ipvs import IpvsProxier  # noqa: E402
 from podnet.proxy.model import (EndpointInfo, ProxyNode, ProxyView, ServicePortInfo,  # noqa: E402
                                 ServicePortName)
 from podnet.proxy.nftables import NftablesProxier  # noqa: E402
@@ -32,7 +37,7 @@ def build_view(services: int, per_service: int) -> ProxyView:
         spn = ServicePortName(f"ns{i % 100}", f"svc{i}", "http")
         svcs[spn] = ServicePortInfo(spn, f"172.30.{i // 250}.{i % 250 + 1}", 80,
                                     node_port=30000 + i // 4 if i % 4 == 0 else 0)
-        eps[spn] = [EndpointInfo(f"10.{1 + (i * per_service + j) // 65000}.{(i * per_service + j) // 250 % 260}."
+        eps[spn] = [EndpointInfo(f"10.{1 + (i * per_service + j) // 64000}.{(i * per_service + j) // 250 % 256}."
                                  f"{(i * per_service + j) % 250 + 1}", 8080, is_local=(j == 0),
                                  node_name="bench-node" if j == 0 else "other")
                     for j in range(per_service)]
@@ -84,6 +89,19 @@ def main() -> None:
     print(f"nftables render():     {t:6.2f} s  {size(dump)}  (the table, Fake.Dump form)")
     text, t = timed(lambda: nft.sync(changed))
     print(f"nftables partial sync: {t:6.2f} s  {size(text)}  (one endpoint changed)")
+
+    ipvs = IpvsProxier()
+    rules, t = timed(lambda: ipvs.sync(view))
+    table = ipvsadm_save(rules.services)
+    reals = sum(len(v.reals) for v in rules.services)
+    print(f"ipvs full sync:        {t:6.2f} s  {len(rules.services):,} virtual servers, {reals:,} real servers, "
+          f"{len(rules.bind_addresses):,} addresses on kube-ipvs0")
+    print(f"  ipvsadm -Sn {size(table)}; ipset save {size(rules.ipsets)}; "
+          f"iptables-restore {size(rules.restore)}")
+    rules, t = timed(lambda: ipvs.sync(changed))
+    ops = [op for op in ipvs.last_ops if not op.startswith("iptables-restore")]
+    print(f"ipvs re-sync:          {t:6.2f} s  {len(ops)} kernel operations (one endpoint changed): "
+          + "; ".join(ops))
 
 
 if __name__ == "__main__":

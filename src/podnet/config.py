@@ -26,7 +26,7 @@ with kind itself::
     loadBalancer: {pools: ["172.18.255.200-172.18.255.250"]}
     kubeProxy: {mode: iptables, masqueradeBit: 14, masqueradeAll: false,
                 nodePortAddresses: [], localhostNodePorts: true, ipvsScheduler: rr,
-                disabledOnNodes: []}           # node names, or a role (control-plane, worker)
+                ipvsHostFilter: true, disabledOnNodes: []}           # node names, or a role (control-plane, worker)
     dns: {ttl: 30, pods: insecure}
     bootstrap: true                    # add what a fresh kind cluster has
 
@@ -98,6 +98,9 @@ class ProxyConfig:
     node_port_addresses: list[str] = field(default_factory=list)
     localhost_node_ports: bool = True
     ipvs_scheduler: str = "rr"
+    # IPVS mode's KUBE-IPVS-FILTER (kubernetes#108460); false: the older kube-proxy of the
+    # guide's lab, where a node's 0.0.0.0 listeners answer on every ClusterIP
+    ipvs_host_filter: bool = True
     disabled_on_nodes: list[str] = field(default_factory=list)
 
     @property
@@ -340,7 +343,8 @@ def _apply_podnet_config(cfg: ClusterConfig, f: Fields) -> None:
                 _cidrs(kp, f"nodePortAddresses[{i}]", c)
         p.localhost_node_ports = bool(kp.bool("localhostNodePorts", p.localhost_node_ports))
         p.ipvs_scheduler = kp.str("ipvsScheduler", p.ipvs_scheduler,
-                                  choices=("rr", "wrr", "lc", "wlc", "sh", "dh", "mh", "sed", "nq"))
+                                  choices=("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "mh", "sed", "nq"))
+        p.ipvs_host_filter = bool(kp.bool("ipvsHostFilter", p.ipvs_host_filter))
         p.disabled_on_nodes = []
         for i, entry in enumerate(kp.strs("disabledOnNodes")):
             names = [n.name for n in cfg.nodes]

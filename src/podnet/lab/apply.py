@@ -886,6 +886,8 @@ def _ipvs_text(ns: Netns) -> str:
         flag = {"TCP": "-t", "UDP": "-u", "SCTP": "--sctp-service"}[svc.protocol.upper()]
         vip = f"[{svc.vip}]" if svc.vip.version == 6 else str(svc.vip)
         head = f"-A {flag} {vip}:{svc.port} -s {svc.scheduler}"
+        if svc.sched_flags:
+            head += f" -b {','.join(svc.sched_flags)}"
         if svc.persistent:
             head += f" -p {svc.persistent}"
         lines.append(head)

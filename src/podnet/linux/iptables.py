@@ -732,6 +732,31 @@ def _state(o: Opts, env: _Env) -> list[Pred]:
     return [_state_pred(_arg(o, "state", ""), _neg(o, "state"), CT_STATES[:5])]
 
 
+@_match("ipvs", "ipvs:0 vproto:1 vaddr:1 vport:1 vdir:1")
+def _ipvs(o: Opts, env: _Env) -> list[Pred]:
+    """xt_ipvs on the packet's IPVS connection (ctx.ipvs: vaddr, vport, protocol, direction):
+    with any option but --ipvs, a packet IPVS did not handle never matches, negated or not."""
+    tests = []
+    if "vproto" in o:
+        proto, neg = _protocol(_arg(o, "vproto")), _neg(o, "vproto")
+        tests.append(lambda v, proto=proto, neg=neg: (v[2] == proto) != neg)
+    if "vaddr" in o:
+        test = _address_test(_addresses(_arg(o, "vaddr")), _neg(o, "vaddr"))
+        tests.append(lambda v, test=test: test(v[0]))
+    if "vport" in o:
+        test = _range_test(*port_range(_arg(o, "vport")), _neg(o, "vport"))
+        tests.append(lambda v, test=test: test(v[1]))
+    if "vdir" in o:
+        direction, neg = _arg(o, "vdir").upper(), _neg(o, "vdir")
+        if direction not in ("ORIGINAL", "REPLY"):
+            raise LineError(f"bad --vdir '{direction}'")
+        tests.append(lambda v, direction=direction, neg=neg: (v[3] == direction) != neg)
+    if not tests:
+        neg = _neg(o, "ipvs")
+        return [lambda ctx: (ctx.ipvs is not None) != neg]
+    return [lambda ctx: ctx.ipvs is not None and all(t(ctx.ipvs) for t in tests)]
+
+
 # -- addresses, interfaces, bridges ------------------------------------------
 
 ADDR_TYPES = ("UNSPEC", "UNICAST", "LOCAL", "BROADCAST", "ANYCAST", "MULTICAST", "BLACKHOLE",

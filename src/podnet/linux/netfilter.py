@@ -30,6 +30,10 @@ PRIO_DSTNAT = -100
 PRIO_FILTER = 0
 PRIO_SECURITY = 50
 PRIO_SRCNAT = 100
+# IPVS's hooks (ip_vs_ops4): requests at LOCAL_OUT right after the nat table, at LOCAL_IN
+# before it (NF_IP_PRI_NAT_DST + 2, NF_IP_PRI_NAT_SRC - 1)
+PRIO_IPVS_LOCAL_OUT = -98
+PRIO_IPVS_LOCAL_IN = 99
 
 # hook -> [(table, priority)] in the order the kernel runs them
 IPTABLES_HOOKS: dict[str, list[tuple[str, int]]] = {
@@ -196,6 +200,9 @@ class HookContext:
     # mutable state owned by the nft engine across calls (dynamic sets), keyed by set
     nft_dynamic: dict = field(default_factory=dict)
     namespace: str = ""
+    # the IPVS connection the packet belongs to, (vaddr, vport, protocol, ORIGINAL|REPLY),
+    # as `-m ipvs` sees it; None: not an IPVS packet
+    ipvs: Optional[tuple] = None
 
 
 def ip(value: str) -> IPAddress:

@@ -163,7 +163,8 @@ def ipvsadm_ln(services: list[IpvsService]) -> str:
              "Prot LocalAddress:Port Scheduler Flags",
              "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn"]
     for s in sorted(services, key=lambda s: (s.protocol, int(s.vip), s.port)):
-        flags = f" persistent {s.persistent}" if s.persistent else ""
+        flags = f" ({','.join(s.sched_flags)})" if s.sched_flags else ""
+        flags += f" persistent {s.persistent}" if s.persistent else ""
         lines.append(f"{s.protocol:<4} {_hostport(s.vip, s.port)} {s.scheduler}{flags}")
         for r in s.reals:
             lines.append(f"  -> {_hostport(r.ip, r.port):<28} {r.method:<7} {r.weight:<6} "
@@ -177,7 +178,8 @@ def ipvsadm_save(services: list[IpvsService]) -> str:
     method = {"Masq": "-m", "Route": "-g", "Tunnel": "-i"}
     lines = []
     for s in sorted(services, key=lambda s: (s.protocol, int(s.vip), s.port)):
-        p = f" -p {s.persistent}" if s.persistent else ""
+        p = f" -b {','.join(s.sched_flags)}" if s.sched_flags else ""
+        p += f" -p {s.persistent}" if s.persistent else ""
         lines.append(f"-A {flag[s.protocol]} {_hostport(s.vip, s.port)} -s {s.scheduler}{p}")
         for r in s.reals:
             lines.append(f"-a {flag[s.protocol]} {_hostport(s.vip, s.port)} -r {_hostport(r.ip, r.port)} "

@@ -218,6 +218,13 @@ def kernel_routes(ns: Netns) -> list[Route]:
     for link, addr in ns.addresses():
         iface = addr.interface
         if not link.up and link.kind != "loopback":
+            if link.kind == "dummy":
+                # fib_add_ifaddr adds the local route before it checks IFF_UP: the addresses
+                # of a dummy that was never brought up (kube-ipvs0) are local addresses
+                plen = 32 if iface.version == 4 else 128
+                out.append(Route(ipaddress.ip_network(f"{iface.ip}/{plen}"), link.name, table=255,
+                                 type="local", scope="host", proto="kernel",
+                                 src=iface.ip if iface.version == 4 else None))
             continue
         if iface.version == 4:
             if link.kind == "loopback":

@@ -128,13 +128,17 @@ IPTABLES_KUBELET_JUMP_CHAINS = [
 ]
 
 
-def jump_rules() -> list[JumpRule]:
+def jump_rules(specs=None) -> list[JumpRule]:
     """The jump rules of syncProxyRules' full sync, in the order they end up in
     each built-in chain: kube-proxy inserts each at the top (EnsureRule(Prepend)),
     so in a chain the last one inserted comes first. Apply them in list order
-    with IptablesBuilder.jump(..., prepend=True) (or `JumpRule.apply`)."""
+    with IptablesBuilder.jump(..., prepend=True) (or `JumpRule.apply`).
+    `specs` are (table, dst, src, comment, extra args) in the order kube-proxy
+    ensures them (default: this mode's; the IPVS mode passes its own)."""
     per_chain: dict[tuple[str, str], list[JumpRule]] = {}
-    for table, dst, src, comment, extra in IPTABLES_JUMP_CHAINS + IPTABLES_KUBELET_JUMP_CHAINS:
+    if specs is None:
+        specs = IPTABLES_JUMP_CHAINS + IPTABLES_KUBELET_JUMP_CHAINS
+    for table, dst, src, comment, extra in specs:
         parts = [extra] if extra else []
         if comment:
             parts.append(f'-m comment --comment "{comment}"')

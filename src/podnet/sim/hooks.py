@@ -89,8 +89,15 @@ def base_chains(ns: Netns, hook: str, family: int) -> list[BaseChainRef]:
 def run_hook(ns: Netns, hook: str, pkt: Packet, conn: ConnView, runtime: Runtime, *,
              in_iface: Optional[str] = None, out_iface: Optional[str] = None,
              physdev_in: Optional[str] = None, physdev_out: Optional[str] = None,
-             bridged: bool = False, first_packet: bool = True) -> HookOutcome:
+             bridged: bool = False, first_packet: bool = True,
+             priorities: Optional[tuple] = None, ipvs: Optional[tuple] = None) -> HookOutcome:
+    """`priorities` (lo, hi): only the base chains with lo <= priority < hi (None: unbounded),
+    for what the kernel runs between them (IPVS at LOCAL_OUT); `ipvs`: the packet's IPVS
+    connection (vaddr, vport, protocol, direction), for `-m ipvs`."""
     chains = base_chains(ns, hook, pkt.family)
+    if priorities is not None:
+        lo, hi = priorities
+        chains = [c for c in chains if (lo is None or c.priority >= lo) and (hi is None or c.priority < hi)]
     outcome = HookOutcome()
     if not chains:
         return outcome
@@ -100,7 +107,7 @@ def run_hook(ns: Netns, hook: str, pkt: Packet, conn: ConnView, runtime: Runtime
                       addr_type=routing.addr_type, ipsets=ipset_store(ns),
                       recent=runtime.recent_lists(ns), now=runtime.now, choose=runtime.choose,
                       nft_dynamic=runtime.nft_sets(ns), namespace=ns.name,
-                      nfacct={"*"})
+                      nfacct={"*"}, ipvs=ipvs)
     nat_done = False
     view = pkt          # what the next chain sees: the kernel rewrites the header in the nat chain
     for ref in chains:

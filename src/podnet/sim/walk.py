@@ -23,12 +23,13 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..linux.netfilter import NatAction, Packet, Step
+from ..linux.netfilter import PRIO_IPVS_LOCAL_OUT, NatAction, Packet, Step
 from ..linux.routing import RouteResult, tables_of
 from ..linux.state import DataplaneState, IPAddress, Link, Listener, Netns
 from .conntrack import (Tracked, apply_dst_manip, apply_src_manip, bind_dnat, bind_snat,
                         tuple_of)
 from . import bpf_lb
+from . import ipvs as ipvs_sched
 from .hooks import nat_destination, run_hook
 from .runtime import Runtime
 
@@ -176,7 +177,21 @@ class Walker:
         if note:
             self.hop(ns, "conntrack", note, pkt=pkt)
         before = (pkt.dst, pkt.dport)
-        self._hook(ns, "OUTPUT", frame, tracked, out_iface=route.dev)
+        if ns.ipvs:
+            # IPVS takes the node's own connections at LOCAL_OUT, between the nat and the
+            # filter tables; its real server is routed to from there
+            self._hook(ns, "OUTPUT", frame, tracked, out_iface=route.dev, priorities=(None, PRIO_IPVS_LOCAL_OUT))
+            vs = self._ipvs_schedule(ns, frame, tracked, "LOCAL_OUT")
+            if vs is not None:
+                route = routing.lookup(pkt.dst, pkt.src, None, None, pkt.mark)
+                self.hop(ns, "route", "re-route after IPVS: " + route.text(), route.dev, pkt=pkt)
+                if not route.ok:
+                    self._drop(ns, f"no route to real server {pkt.dst}: {route.error}", pkt)
+                before, note = (pkt.dst, pkt.dport), ""
+            self._hook(ns, "OUTPUT", frame, tracked, out_iface=route.dev, priorities=(PRIO_IPVS_LOCAL_OUT, None),
+                       ipvs=_ipvs_conn(vs))
+        else:
+            self._hook(ns, "OUTPUT", frame, tracked, out_iface=route.dev)
         if (pkt.dst, pkt.dport) != before or note:
             route = routing.lookup(pkt.dst, pkt.src, None, None, pkt.mark)
             self.hop(ns, "route", "re-route after DNAT: " + route.text(), route.dev, pkt=pkt)
@@ -624,52 +639,50 @@ class Walker:
         self._local_out(ns, Frame(Packet(unspecified, addr, pkt.proto, sport, port)), from_socket=True)
 
     def _ipvs(self, ns: Netns, frame: Frame, tracked: Tracked) -> bool:
-        """IPVS at LOCAL_IN: a virtual service picks a real server and NATs to it."""
+        """IPVS at LOCAL_IN: a virtual service picks a real server, NATs to it and sends
+        the packet on through LOCAL_OUT (ip_vs_nat_xmit)."""
+        vs = self._ipvs_schedule(ns, frame, tracked, "LOCAL_IN")
+        if vs is None:
+            return False
         pkt = frame.pkt
-        if not ns.ipvs or pkt.dport is None or (tracked.conn is not None and not tracked.new
-                                                and tracked.direction == "REPLY"):
-            return False
-        proto = pkt.proto.upper()
-        svc = next((s for s in ns.ipvs if s.protocol == proto and s.vip == pkt.dst and s.port == pkt.dport),
-                   None)
-        if svc is None:
-            return False
-        if tracked.new:
-            if not svc.reals:
-                self.hop(ns, "ipvs", f"IPVS {proto} {ep(svc.vip, svc.port)} {svc.scheduler}: no real servers",
-                         pkt=pkt)
-                self._drop(ns, f"IPVS service {ep(svc.vip, svc.port)} has no real servers", pkt)
-            weights = [r.weight for r in svc.reals]
-            total = sum(weights) or len(weights)
-            if svc.scheduler in ("sh", "mh", "dh"):
-                options = [(str(r.ip), 1 / len(svc.reals)) for r in svc.reals]
-                how = f"{svc.scheduler}: hash of the {'source' if svc.scheduler != 'dh' else 'destination'} address"
-            elif svc.scheduler in ("lc", "wlc", "sed", "nq"):
-                least = min(r.active_conns for r in svc.reals)
-                pool = [r for r in svc.reals if r.active_conns == least]
-                options = [(str(r.ip), (1 / len(pool)) if r in pool else 0.0) for r in svc.reals]
-                how = f"{svc.scheduler}: the real server with the fewest connections"
-            else:
-                options = [(str(r.ip), (w or 1) / total) for r, w in zip(svc.reals, weights)]
-                how = f"{svc.scheduler}: next in turn"
-            i = self.rt.choose(f"ipvs:{ep(svc.vip, svc.port)}", options)
-            real = svc.reals[i]
-            bind_dnat(tracked.conn, real.ip, real.port)
-            old = ep(pkt.dst, pkt.dport)
-            pkt.dst, pkt.dport = real.ip, real.port
-            self.hop(ns, "ipvs", f"IPVS {proto} {old} ({how}) -> {real.method} {ep(real.ip, real.port)} "
-                     f"(real server {i + 1} of {len(svc.reals)})", pkt=pkt)
-        else:
-            note = apply_dst_manip(tracked, pkt)
-            self.hop(ns, "ipvs", f"IPVS connection entry: {note or 'same real server'}", pkt=pkt)
-        routing = tables_of(ns)
-        route = routing.lookup(pkt.dst, pkt.src, None, None, pkt.mark)
+        route = tables_of(ns).lookup(pkt.dst, pkt.src, None, None, pkt.mark)
         self.hop(ns, "route", route.text(), route.dev, pkt=pkt)
         if not route.ok:
             self._drop(ns, f"no route to real server {pkt.dst}: {route.error}", pkt)
-        self._hook(ns, "OUTPUT", frame, tracked, out_iface=route.dev)
+        # the nat table bound this connection's destination at PREROUTING: not run again
+        self._hook(ns, "OUTPUT", frame, tracked, out_iface=route.dev, ipvs=_ipvs_conn(vs), nat=False)
         self._output(ns, frame, route, tracked, in_link=None)
         return True
+
+    def _ipvs_schedule(self, ns: Netns, frame: Frame, tracked: Tracked, where: str):
+        """The virtual service the packet is for, its real server chosen and the destination
+        rewritten (podnet.sim.ipvs); None when IPVS does not handle the packet."""
+        pkt = frame.pkt
+        if not ns.ipvs or (tracked.conn is not None and tracked.direction == "REPLY"):
+            return None
+        svc = ipvs_sched.find_service(ns, pkt)
+        if svc is None:
+            return None
+        vip = ep(svc.vip, svc.port)
+        if not tracked.new:
+            note = apply_dst_manip(tracked, pkt)
+            self.hop(ns, "ipvs", f"IPVS connection entry: {note or 'same real server'}", pkt=pkt)
+            return svc
+        pick = ipvs_sched.schedule(svc, pkt, self.rt.choose, f"ipvs:{vip}")
+        head = f"IPVS ({where}) {svc.protocol} {vip} {svc.scheduler}" + \
+            (f" ({','.join(svc.sched_flags)})" if svc.sched_flags else "") + \
+            (f" persistent {svc.persistent}" if svc.persistent else "")
+        if pick.index is None:
+            # ip_vs_leave: no destination: the client is told the port is unreachable
+            self.hop(ns, "ipvs", f"{head}: {pick.how}: no destination available", pkt=pkt)
+            self._end("rejected", ns, f"IPVS service {vip} has no real server to take the connection "
+                      "(ICMP port unreachable)", pkt)
+        real = svc.reals[pick.index]
+        bind_dnat(tracked.conn, real.ip, real.port)
+        pkt.dst, pkt.dport = real.ip, real.port
+        self.hop(ns, "ipvs", f"{head}: {pick.how} -> {real.method} {ep(real.ip, real.port)} weight {real.weight} "
+                 f"(real server {pick.index + 1} of {len(svc.reals)})", pkt=pkt)
+        return svc
 
     # ------------------------------------------------------------ tunnels
     def _vxlan_encap(self, ns: Netns, link: Link, frame: Frame, dst_mac: str) -> None:
@@ -755,7 +768,8 @@ class Walker:
     def _hook(self, ns: Netns, hook: str, frame: Frame, tracked: Tracked, *,
               in_iface: Optional[str] = None, out_iface: Optional[str] = None,
               physdev_in: Optional[str] = None, physdev_out: Optional[str] = None,
-              bridged: bool = False, route: Optional[RouteResult] = None) -> None:
+              bridged: bool = False, route: Optional[RouteResult] = None,
+              priorities: Optional[tuple] = None, ipvs: Optional[tuple] = None, nat: bool = True) -> None:
         pkt = frame.pkt
         if not (ns.iptables or ns.ip6tables or ns.nft):
             return
@@ -763,7 +777,7 @@ class Walker:
         conn_view.mark = tracked.conn.mark if tracked.conn else 0
         result = run_hook(ns, hook, pkt, conn_view, self.rt, in_iface=in_iface, out_iface=out_iface,
                           physdev_in=physdev_in, physdev_out=physdev_out, bridged=bridged,
-                          first_packet=tracked.new)
+                          first_packet=tracked.new and nat, priorities=priorities, ipvs=ipvs)
         if tracked.conn is not None:
             tracked.conn.mark = conn_view.mark
             if result.notrack:
@@ -840,6 +854,11 @@ def _said_by(steps: list[Step], with_own: bool = True) -> str:
     if not (own or after):
         return ""
     return f": {own or last.text}" + (f" (after: {'; '.join(after)})" if after else "")
+
+
+def _ipvs_conn(vs) -> Optional[tuple]:
+    """What `-m ipvs` sees of a packet IPVS handled: (vaddr, vport, protocol, direction)."""
+    return None if vs is None else (vs.vip, vs.port, vs.protocol.lower(), "ORIGINAL")
 
 
 def tuple_text(pkt: Packet) -> str:

@@ -198,6 +198,8 @@ def parse_ipvsadm(text: str) -> list[IpvsService]:
             sched = parts[parts.index("-s") + 1] if "-s" in parts else "wlc"
             persistent = int(parts[parts.index("-p") + 1]) if "-p" in parts else None
             services[(proto, vip, port)] = IpvsService(proto, vip, port, sched, persistent)
+            if "-b" in parts:
+                services[(proto, vip, port)].sched_flags = tuple(parts[parts.index("-b") + 1].split(","))
         elif parts[0] == "-a" and proto:
             vip, port = _split_hostport(parts[2])
             rip, rport = _split_hostport(parts[parts.index("-r") + 1])
