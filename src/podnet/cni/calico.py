@@ -55,7 +55,7 @@ from ..control.nodes import subnet_of_node
 from ..errors import InputError
 from ..linux.state import FdbEntry, Link, Neighbour, Route, VxlanInfo, stable_mac
 from .base import CNISolution
-from .calico_ipam import NETWORK_NAME, CalicoIPAM, datastore_for, tunnel_kind
+from .calico_ipam import NETWORK_NAME, CalicoIPAM, dataplane_datastore, tunnel_kind
 from .plugins import register
 from .plugins.netlink import (add_address, delete_link, host_prefix, link_set_up, set_sysctl, setup_veth)
 from .spec import Call, Interface, Plugin, Result, fail
@@ -269,7 +269,6 @@ class Calico(CNISolution):
     @staticmethod
     def datastore(dp) -> CalicoIPAM:
         """The dataplane's Calico datastore (what calico-ipam hands out from)."""
-        from .calico_ipam import dataplane_datastore
         return dataplane_datastore(dp)
 
     def veth_mtu(self, ctx) -> int:

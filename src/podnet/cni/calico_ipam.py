@@ -168,12 +168,6 @@ class CalicoIPAM(PodIPAM):
     def ips_of(self, handle: str) -> list:
         return list(self.handles.get(handle, []))
 
-    def host_of(self, ip) -> Optional[str]:
-        """The node whose block holds `ip` (None outside the pools or in an unclaimed block)."""
-        pool = self.pool_for(ip)
-        block = self.blocks.get(pool.block_of(ip)) if pool else None
-        return block.host if block else None
-
     # ------------------------------------------------------------ the allocator
     def claim(self, host: str, family: int) -> Optional[Block]:
         """Claim the first unclaimed block of the family's pools for `host`."""
