@@ -464,6 +464,11 @@ class Walker:
                        physdev_in=in_port.name, physdev_out=port.name, bridged=True)
             self._hook(ns, "POSTROUTING", frame, tracked, in_iface=bridge.name, out_iface=bridge.name,
                        physdev_in=in_port.name, physdev_out=port.name, bridged=True)
+            # br_netfilter's POST_ROUTING NAT: a bridged answer of a DNATed connection (a pod
+            # behind the same bridge answering a Service's client) leaves from the Service address
+            note = apply_src_manip(tracked, pkt)
+            if note:
+                self.hop(ns, "conntrack", note, port.name, pkt=pkt)
             self.rt.ct(ns).confirm(tracked)
         self._l2_send(ns, port, frame, dst_mac, bridged=in_port is not None)
 
