@@ -634,3 +634,15 @@ def test_ipset_and_iptables_restore_accept_the_rendered_state(lab, tmp_path):
                 sum(line.startswith(f"-A {chain} ") for line in ns_model.iptables.splitlines())
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_bridged_answer_of_a_same_node_real_server_is_un_natted():
+    """flannel's cni0: the web pod next to the client answers over the bridge; br_netfilter's
+    conntrack NAT gives the answer the ClusterIP back as its source."""
+    dp = build_dataplane(Cluster.load([GUIDE_LAB], cni="flannel", proxy_mode="ipvs"))
+    tshoot = pod_named(dp, "net-tshoot", WORKER)
+    result = run_trace(dp, f"pod/{tshoot.name}", "svc/web:80")
+    near = next(b for b in result.branches if str(b.forward.outcome.packet.dst) == web_ips(dp)[WORKER])
+    assert any(h.stage == "bridge" for h in near.reply.hops)
+    assert near.reply.outcome.result == "delivered"
+    assert str(near.reply.outcome.packet.src) == str(dp.cluster.service("web").cluster_ip)
