@@ -142,6 +142,22 @@ class _Renderer:
         self.family = family
         self.fam = FAMILY_NAMES[family]
         self.plan = FamilyPlan(family)
+        # (policy key, direction) -> the classes it isolates; class index -> its views
+        self.targets: dict[tuple[str, str], list] = {}
+        for c in engine.classes:
+            if c.node_traffic or not c.pods:
+                continue
+            for direction in DIRECTIONS:
+                for pol in engine.isolating(c.pods[0], direction):
+                    self.targets.setdefault((pol.key, direction), []).append(c)
+        self._views: dict[tuple[int, str], tuple[AllowEntry, ...]] = {}
+
+    def entries(self, cls, direction: str) -> tuple[AllowEntry, ...]:
+        key = (cls.index, direction)
+        if key not in self._views:
+            view = (self.engine.ingress_view if direction == INGRESS else self.engine.egress_view)(cls.pods[0])
+            self._views[key] = view.entries
+        return self._views[key]
 
     # -- sets ---------------------------------------------------------------------
     def ip_set(self, name: str, pods: Iterable[Pod]) -> str:
@@ -165,8 +181,7 @@ class _Renderer:
             self.plan.jumps[(pol.key, direction)] = chain
             rules: list[str] = []
             self.plan.chains[chain] = rules
-            targets = [c for c in self.engine.classes if not c.node_traffic and c.pods
-                       and pol in self.engine.isolating(c.pods[0], direction)]
+            targets = self.targets.get((pol.key, direction), [])
             # the pods the policy selects: destinations of its ingress rules, sources of its egress rules
             prefix = DST_SET_PREFIX if direction == INGRESS else SRC_SET_PREFIX
             target_set = self.ip_set(set_name(prefix, self.family, pol.namespace + pol.name + self.fam),
@@ -181,7 +196,7 @@ class _Renderer:
         groups: dict[Connections, list] = {}
         entry = None
         for c in targets:
-            for e in self.engine.ingress_view(c.pods[0]).entries:
+            for e in self.entries(c, INGRESS):
                 if e.rule == rule.ref:
                     groups.setdefault(e.connections, []).append(c)
                     entry = e
@@ -214,7 +229,7 @@ class _Renderer:
         if not targets:
             return
         # egress entries do not depend on the source class: named ports resolve per destination
-        entries = [e for e in self.engine.egress_view(targets[0].pods[0]).entries if e.rule == rule.ref]
+        entries = [e for e in self.entries(targets[0], EGRESS) if e.rule == rule.ref]
         base = pol.namespace + pol.name + "egressrule" + str(i)
         pod_entries = [e for e in entries if e.pods]
         for e in entries:
