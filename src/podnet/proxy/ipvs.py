@@ -62,7 +62,7 @@ from typing import Optional
 
 from ..linux.state import IpvsRealServer, IpvsService
 from .iptables import JumpRule, jump_rules
-from .model import ChangeTracker, EndpointInfo, ProxyView, ServicePortInfo, ServicePortName
+from .model import ChangeTracker, ProxyView, ServicePortInfo, ServicePortName
 
 KUBE_IPVS0 = "kube-ipvs0"          # defaultDummyDevice
 DEFAULT_SCHEDULER = "rr"
