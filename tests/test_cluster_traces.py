@@ -235,3 +235,35 @@ def test_reply_path_undoes_dnat_and_snat(dp):
         stages = [h.text for h in b.reply.hops if h.stage == "conntrack"]
         assert any("un-DNAT" in t for t in stages) and any("un-SNAT" in t for t in stages), stages
         assert str(b.reply.outcome.packet.src) == lb and str(b.reply.outcome.packet.dst) == CLIENT
+
+
+# ---------------------------------------------------------------------------- every CNI x proxy
+
+CNIS = [("kindnet", None), ("flannel", "vxlan"), ("flannel", "host-gw"), ("calico", "bgp"), ("calico", "ipip"),
+        ("calico", "vxlan"), ("weave", None), ("kubenet", "cloud-routes"), ("kubenet", "gke")]
+PROXIES = ["iptables", "nftables", "ipvs", "ebpf"]
+FLOWS = [("pod/net-tshoot-4lgv2", "svc/web:80"), ("node/k8s-guide-worker", "svc/web:80"),
+         ("pod/net-tshoot-4lgv2", "pod/web-6d4777fb8c-2d89v:80"), ("node/k8s-guide-worker", "pod/web-6d4777fb8c-2d89v:80"),
+         ("pod/net-tshoot-4lgv2", "1.1.1.1:443"), ("pod/net-tshoot-4lgv2", "svc/kube-dns:53/udp")]
+
+
+@pytest.fixture(scope="module")
+def guide_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("guide")
+    for f in GUIDE_LAB.glob("*.yaml"):
+        shutil.copy(f, d / f.name)
+    return d
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+@pytest.mark.parametrize("cni,mode", CNIS, ids=[f"{c}-{m or 'default'}" for c, m in CNIS])
+def test_every_cni_and_proxy_carry_the_basic_flows(guide_dir, cni, mode, proxy):
+    """Whatever the combination, pods and nodes reach Services, pods on other nodes and the
+    internet, and every answer comes back to the socket that asked."""
+    cluster = Cluster.load([str(guide_dir)], cni=cni, cni_mode=mode, proxy_mode=proxy)
+    dp = build_dataplane(cluster)
+    for src, dst in FLOWS:
+        r = walk(dp, src, dst, "udp" if dst.endswith("/udp") else "tcp")
+        for b in r.branches:
+            assert b.forward.outcome.delivered, (src, dst, b.forward.outcome.reason)
+        replies_ok(r)

@@ -450,7 +450,10 @@ class Weave(CNISolution):
         # the bridge, the datapath and the overlay port
         br = ns.add_link(Link(BRIDGE, "bridge", mtu=self.mtu))
         br.add_address(ipaddress.ip_interface(f"{ipam.bridge_ip(node)}/{self.cidr.prefixlen}"))
-        ns.add_link(Link(DATAPATH, "bridge", mtu=self.mtu))
+        # the ODP datapath only switches frames between its vports: it holds no address and
+        # takes no part in ARP (as a Linux bridge, the stand-in would answer for the node's
+        # addresses and draw a peer's replies away from the weave bridge)
+        ns.add_link(Link(DATAPATH, "bridge", mtu=self.mtu, noarp=True))
         a, b = ctx.dp.state.connect_veth(ns, BRIDGE_IF, ns, DATAPATH_IF, mtu=self.mtu)
         a.master, a.learning = BRIDGE, False
         b.master = DATAPATH

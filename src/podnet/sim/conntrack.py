@@ -108,12 +108,31 @@ class ConntrackTable:
         conn = Conn(t, (t[0], t[3], t[4], t[1], t[2]))
         return Tracked(conn, "ORIGINAL", new=True)
 
-    def confirm(self, tracked: Tracked) -> None:
+    def confirm(self, tracked: Tracked, pkt: Optional[Packet] = None) -> Optional[str]:
+        """nf_conntrack_confirm. A new connection whose reply tuple another entry already
+        holds (the same packet seen again after NAT, e.g. after crossing a veth pair inside
+        the namespace, which resets the skb's conntrack) gets nf_nat's null binding: a
+        free source port (get_unique_tuple), so both entries can live; the packet leaves
+        from that port. Returns what changed, for the trace."""
         conn = tracked.conn
         if conn is None or conn.notrack or conn.confirmed:
-            return
+            return None
+        note = None
+        taken = self.by_tuple.get(conn.reply)
+        if taken is not None and taken[0] is not conn and pkt is not None and not conn.snat \
+                and conn.orig[0] in ("tcp", "udp", "sctp") and pkt.sport == conn.reply[4]:
+            p, rs, rsp, rd, port = conn.reply
+            new = port
+            while (p, rs, rsp, rd, new) in self.by_tuple:
+                new = new + 1 if new < 65535 else 1024
+            conn.reply = (p, rs, rsp, rd, new)
+            pkt.sport = new
+            note = (f"implicit SNAT (nf_nat null binding): the reply tuple is taken by another "
+                    f"connection ({taken[0].orig[1]}:{taken[0].orig[2]} -> {taken[0].orig[3]}:{taken[0].orig[4]}), "
+                    f"source port {port} -> {new}")
         conn.confirmed = True
         self.add(conn)
+        return note
 
     def entries(self) -> list[Conn]:
         seen, out = set(), []

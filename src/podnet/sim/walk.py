@@ -267,10 +267,9 @@ class Walker:
         nexthop = route.nexthop
         self._hook(ns, "POSTROUTING", frame, tracked, in_iface=in_link.name if in_link else None,
                    out_iface=out_dev, route=route)
-        note = apply_src_manip(tracked, pkt)
-        if note:
-            self.hop(ns, "conntrack", note, out_dev, pkt=pkt)
-        self.rt.ct(ns).confirm(tracked)
+        for note in (apply_src_manip(tracked, pkt), self.rt.ct(ns).confirm(tracked, pkt)):
+            if note:
+                self.hop(ns, "conntrack", note, out_dev, pkt=pkt)
         if route.type == "local":
             self.hop(ns, "xmit", f"local destination: looped back via lo", "lo", pkt=pkt)
             self._local_in(ns, ns.links.get("lo") or Link("lo", "loopback"), frame, tracked)
@@ -323,8 +322,8 @@ class Walker:
     def _arp(self, ns: Netns, link: Link, target: IPAddress) -> Optional[tuple[str, str]]:
         """Who answers an ARP request for `target` sent out of `link` (first responder)."""
         for rns, rlink in self._l2_receivers(ns, link):
-            if rns.name == ns.name and rlink.name == link.name:
-                continue
+            if (rns.name == ns.name and rlink.name == link.name) or rlink.noarp:
+                continue            # an IFF_NOARP device neither asks nor answers
             tables = tables_of(rns)
             arp_ignore = max(int(rns.sysctl("net.ipv4.conf.all.arp_ignore", "0")),
                              int(rns.sysctl(f"net.ipv4.conf.{rlink.name}.arp_ignore", "0")))
@@ -447,7 +446,7 @@ class Walker:
         return None, f"{mac} unknown on {bridge.name}"
 
     def _bridge_forward(self, ns: Netns, bridge: Link, in_port: Optional[Link], frame: Frame,
-                        dst_mac: str) -> None:
+                        dst_mac: str, tracked: Optional[Tracked] = None) -> None:
         pkt = frame.pkt
         port, how = self._bridge_port_for(ns, bridge, dst_mac)
         if port is None:
@@ -459,17 +458,17 @@ class Walker:
             how += " (hairpin: back out of the port it came in on)"
         self.hop(ns, "bridge", f"{bridge.name}: {how} -> out {port.name}", port.name, pkt=pkt)
         if in_port is not None and ns.sysctl_on("net.bridge.bridge-nf-call-iptables"):
-            tracked = self.rt.ct(ns).track(pkt)
+            # the skb keeps the entry PRE_ROUTING found, even if its header changed since
+            tracked = tracked or self.rt.ct(ns).track(pkt)
             self._hook(ns, "FORWARD", frame, tracked, in_iface=bridge.name, out_iface=bridge.name,
                        physdev_in=in_port.name, physdev_out=port.name, bridged=True)
             self._hook(ns, "POSTROUTING", frame, tracked, in_iface=bridge.name, out_iface=bridge.name,
                        physdev_in=in_port.name, physdev_out=port.name, bridged=True)
             # br_netfilter's POST_ROUTING NAT: a bridged answer of a DNATed connection (a pod
             # behind the same bridge answering a Service's client) leaves from the Service address
-            note = apply_src_manip(tracked, pkt)
-            if note:
-                self.hop(ns, "conntrack", note, port.name, pkt=pkt)
-            self.rt.ct(ns).confirm(tracked)
+            for note in (apply_src_manip(tracked, pkt), self.rt.ct(ns).confirm(tracked, pkt)):
+                if note:
+                    self.hop(ns, "conntrack", note, port.name, pkt=pkt)
         self._l2_send(ns, port, frame, dst_mac, bridged=in_port is not None)
 
     # ------------------------------------------------------------ reception
@@ -487,17 +486,22 @@ class Walker:
                                        "bridge itself: up the host stack", link.name, pkt=pkt)
                 self._ip_input(ns, bridge, frame)
                 return
+            tracked = None
             if ns.sysctl_on("net.bridge.bridge-nf-call-iptables"):
                 tracked = self.rt.ct(ns).track(pkt)
                 before = pkt.dst
                 self._hook(ns, "PREROUTING", frame, tracked, in_iface=bridge.name,
                            physdev_in=link.name, bridged=True)
+                # nf_nat at br_netfilter's PRE_ROUTING: an answer is un-SNATed here too
+                note = apply_dst_manip(tracked, pkt)
+                if note:
+                    self.hop(ns, "conntrack", note, link.name, pkt=pkt)
                 if pkt.dst != before:
                     self.hop(ns, "bridge", f"br_netfilter: destination rewritten to {pkt.dst}: "
                                            "the frame is routed instead of bridged", link.name, pkt=pkt)
                     self._ip_input(ns, bridge, frame, tracked)
                     return
-            self._bridge_forward(ns, bridge, link, frame, dst_mac)
+            self._bridge_forward(ns, bridge, link, frame, dst_mac, tracked)
             return
         if dst_mac not in (None, BROADCAST_MAC, link.mac) and not link.noarp and link.kind not in ("ipip",):
             self._drop(ns, f"{link.name}: frame for {dst_mac} is not for this host (PACKET_OTHERHOST)", pkt)
