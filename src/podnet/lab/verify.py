@@ -527,6 +527,17 @@ def predict(state: DataplaneState, flow: Flow) -> set:
     return out
 
 
+def _speaks_http(cluster, sp, backends) -> bool:
+    """Whether the echo servers behind a Service port answer HTTP on its target port
+    (the port the backends really listen on: a number, or a named containerPort)."""
+    from .workloads import _http_ports
+    for b in backends:
+        target = sp.target if isinstance(sp.target, int) else b.spec.port_by_name(sp.target, sp.protocol)
+        if target is not None:
+            return target in _http_ports(cluster, b)
+    return sp.app_protocol == "http"
+
+
 def plan_flows(dp, limit: Optional[int] = None) -> list[Flow]:
     """The flows `lab verify` checks, chosen from the cluster."""
     from ..dataplane.topology import GATEWAY, INTERNET
@@ -569,8 +580,7 @@ def plan_flows(dp, limit: Optional[int] = None) -> list[Flow]:
             continue
         backends = [p for p in pods if p.namespace == svc.namespace and svc.selector
                     and all(p.meta.labels.get(k) == v for k, v in svc.selector.items())]
-        http = any(sp.target if isinstance(sp.target, int) else 0 in _http_ports(cluster, b) for b in backends) \
-            or sp.port in (80, 8080) or sp.app_protocol == "http"
+        http = _speaks_http(cluster, sp, backends)
         if first_client is not None:
             flows.append(Flow("pod->ClusterIP", dp.pod_ns[first_client.key], f"pod {first_client.key}",
                               str(svc.cluster_ip), sp.port, http=http, dst_label=f"svc {svc.key}"))
