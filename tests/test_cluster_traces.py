@@ -190,7 +190,7 @@ def test_load_balancer_ip_is_announced_by_one_node(dp):
     """MetalLB layer 2: one node answers ARP for the LB IP; the control plane is excluded."""
     svc = dp.cluster.service("web-lb")
     owners = [ns.name for ns in dp.state.namespaces.values()
-              if any(n.proxy and n.ip == svc.lb_ips[0] for n in ns.neighbours)]
+              if any(r.ip == svc.lb_ips[0] for r in ns.arp_responders)]
     assert len(owners) == 1 and owners[0] != "k8s-guide-control-plane"
 
 

@@ -15,16 +15,18 @@ rules for the LB IP take over. Which node is elected is MetalLB's
   with a ready endpoint of the Service;
 - the winner is the first after sorting by sha256("<node>#<first LB IP>").
 
-In the model the answer to ARP is a proxy neighbour entry (`ip neigh add proxy
-LBIP dev eth0`) on the winner, which the kernel and the simulator answer the way
-the speaker's userspace responder does.
+The speaker answers ARP in userspace (a packet socket on the node's NIC): the
+model holds it as an ArpResponder on the winner's eth0, which the simulator
+answers from and the lab runs (podnet.lab.agent). A proxy neighbour entry would
+not do: the kernel answers those only for addresses routed out of another
+device than the one the request came in on.
 """
 
 from __future__ import annotations
 
 import hashlib
 
-from ..linux.state import Neighbour
+from ..linux.state import ArpResponder
 
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 
@@ -62,8 +64,8 @@ def announce_load_balancers(dp) -> None:
         ns = dp.node_netns(node)
         for ip in svc.lb_ips:
             if ip.version == 4 and _in_pools(cluster.config, ip) and \
-                    not any(n.proxy and n.ip == ip for n in ns.neighbours):
-                ns.neighbours.append(Neighbour(ip, "eth0", proxy=True))
+                    not any(r.ip == ip for r in ns.arp_responders):
+                ns.arp_responders.append(ArpResponder(ip, "eth0", f"MetalLB speaker for {svc.key}"))
         dp.notes.append(f"LoadBalancer {svc.key} {', '.join(map(str, svc.lb_ips))}: announced by {node} "
                         "(MetalLB layer 2)")
 

@@ -62,7 +62,31 @@ IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 IPV6_FREEBIND = 78
 
 
-def open_socket(proto: str, ip: str, port: int, transparent: bool = False) -> socket.socket:
+ETH_P_ARP = 0x0806
+
+
+def open_arp_socket(dev: str) -> socket.socket:
+    """A packet socket for ARP frames on `dev` (what MetalLB's speaker answers from)."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+    s.bind((dev, ETH_P_ARP))
+    s.setblocking(False)
+    return s
+
+
+def arp_reply(frame: bytes, ip: str, mac: bytes) -> bytes | None:
+    """The reply to an Ethernet ARP request for `ip`, from `mac`; None for anything else."""
+    if len(frame) < 42 or frame[12:14] != b"\x08\x06":
+        return None
+    htype, ptype, hlen, plen, oper = struct.unpack("!HHBBH", frame[14:22])
+    sha, spa, tpa = frame[22:28], frame[28:32], frame[38:42]
+    if (htype, ptype, hlen, plen, oper) != (1, 0x0800, 6, 4, 1) or tpa != socket.inet_aton(ip):
+        return None
+    return sha + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2) + mac + tpa + sha + spa
+
+
+def open_socket(proto: str, ip: str, port: int, transparent: bool = False, dev: str = "") -> socket.socket:
+    if proto == "arp":
+        return open_arp_socket(dev)
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -121,7 +145,8 @@ class Agent:
     def _bind(self, netns: str, socks: list[dict]) -> None:
         for s in socks:
             try:
-                self.sockets.append((open_socket(s["proto"], s["ip"], s["port"], s.get("transparent", False)), s))
+                self.sockets.append((open_socket(s["proto"], s["ip"], s["port"], s.get("transparent", False),
+                                                 s.get("dev", "")), s))
             except OSError as e:
                 if ":" in s["ip"] and e.errno in (97, 99):     # no IPv6 in this namespace
                     continue
@@ -135,6 +160,8 @@ class Agent:
             if s["proto"] == "tcp":
                 handler = self._http if s["kind"] == "http" else (self._dns_tcp if s["kind"] == "dns" else self._tcp)
                 await asyncio.start_server(lambda r, w, h=handler, s=s: h(r, w, s), sock=sock)
+            elif s["proto"] == "arp":
+                loop.add_reader(sock.fileno(), self._arp, sock, s)
             else:
                 loop.add_reader(sock.fileno(), self._udp, sock, s)
         stop = asyncio.Event()
@@ -188,6 +215,18 @@ class Agent:
             pass
         finally:
             writer.close()
+
+    def _arp(self, sock: socket.socket, s: dict) -> None:
+        try:
+            frame = sock.recv(65535)
+        except OSError:
+            return
+        reply = arp_reply(frame, s["ip"], sock.getsockname()[4])
+        if reply is not None:
+            try:
+                sock.send(reply)
+            except OSError:
+                pass
 
     def _udp(self, sock: socket.socket, s: dict) -> None:
         v6 = sock.family == socket.AF_INET6

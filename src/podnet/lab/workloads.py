@@ -45,11 +45,14 @@ class Socket:
     # answer from addresses that are local only through a route in another table than `local`
     # (the internet namespace's AnyIP): the kernel needs IP_TRANSPARENT to send from them
     transparent: bool = False
+    dev: str = ""                   # arp: the device the responder's packet socket is bound to
 
     def as_json(self) -> dict:
         out = {"proto": self.proto, "ip": self.ip, "port": self.port, "kind": self.kind, "name": self.name}
         if self.transparent:
             out["transparent"] = True
+        if self.dev:
+            out["dev"] = self.dev
         return out
 
 
@@ -173,6 +176,8 @@ def plan_workloads(dp: Dataplane, external_dns: Optional[bool] = None) -> Worklo
             if lst.proto not in ("tcp", "udp"):
                 continue                # sctp: not served
             socks.append(Socket(lst.proto, str(lst.ip), lst.port, kind, name))
+        # userspace ARP responders (MetalLB's layer 2 speaker on a node)
+        socks += [Socket("arp", str(r.ip), 0, "arp", r.owner, dev=r.dev) for r in ns.arp_responders]
         if ns.kind == "pod" and pod is not None and pod.key in dns_keys:
             ip = str(pod.pod_ip) if pod.pod_ip else ""
             plan.dns.append(DnsPlan(pod.key, ns.name, ip))

@@ -285,6 +285,15 @@ class Listener:
     relays: bool = False            # a relay even with no backends (it closes what it accepts)
 
 
+@dataclass(slots=True)
+class ArpResponder:
+    """A userspace ARP responder (a packet socket on `dev`), as MetalLB's layer 2 speaker
+    runs one: it answers who-has `ip` with `dev`'s MAC, whatever the kernel's routes say."""
+    ip: IPAddress
+    dev: str
+    owner: str = ""
+
+
 # eBPF service load-balancing (Cilium's kube-proxy replacement), as its BPF maps hold it.
 LB_SCOPE_EXT = 0                    # LB_LOOKUP_SCOPE_EXT: the default scope, and traffic from outside
 LB_SCOPE_INT = 1                    # LB_LOOKUP_SCOPE_INT: the in-cluster view of a two-scope service
@@ -368,6 +377,7 @@ class Netns:
     ipvs: list[IpvsService] = field(default_factory=list)
     conntrack: list[ConntrackEntry] = field(default_factory=list)
     listeners: list[Listener] = field(default_factory=list)
+    arp_responders: list[ArpResponder] = field(default_factory=list)
     socket_lb: Optional[SocketLB] = None
     # free-form facts renderers want to show (e.g. /run/flannel/subnet.env)
     files: dict[str, str] = field(default_factory=dict)

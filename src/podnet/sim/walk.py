@@ -330,9 +330,15 @@ class Walker:
             on_link = any(a.ip == target for a in rlink.addresses)
             if on_link or (arp_ignore == 0 and target in tables.local_addrs):
                 return rlink.mac, f"{rns.name} {rlink.name} owns {target}"
+            for r in rns.arp_responders:
+                if r.ip == target and r.dev == rlink.name:
+                    return rlink.mac, f"{r.owner or 'an ARP responder'} on {rns.name} {rlink.name}"
             for n in rns.neighbours:
-                if n.proxy and n.ip == target and n.dev == rlink.name:
-                    return rlink.mac, f"proxy neighbour entry for {target} on {rns.name} {rlink.name}"
+                # arp_process: a proxy entry answers for an address routed out of another device
+                if n.proxy and n.ip == target and n.dev == rlink.name and rns.sysctl_on("net.ipv4.ip_forward"):
+                    back = tables.lookup(target)
+                    if back.ok and back.type == "unicast" and back.dev != rlink.name:
+                        return rlink.mac, f"proxy neighbour entry for {target} on {rns.name} {rlink.name}"
             if rns.conf(rlink.name, "proxy_arp") and rns.sysctl_on("net.ipv4.ip_forward"):
                 back = tables.lookup(target)
                 if back.ok and back.type != "local" and back.dev != rlink.name:
