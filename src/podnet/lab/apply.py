@@ -466,6 +466,13 @@ class Applier:
                             spec["ipip_remote"] = str(link.tunnel.remote)
                     if kind == "ipip":
                         common.pop("address", None)
+                        fallback = ipr.link_lookup(ifname="tunl0") if link.name == "tunl0" else []
+                        if fallback:
+                            # the ipip module's fallback device, in every namespace once the module is
+                            # loaded: calico's tunl0 is that device, configured rather than created
+                            self._nl(ipr, where, f"link set tunl0 mtu {link.mtu}", "link", "set",
+                                     index=fallback[0], mtu=link.mtu)
+                            continue
                     self._nl(ipr, where, f"link add {link.name} type {kind}", "link", "add", kind=kind,
                              **spec, **common)
                 else:
