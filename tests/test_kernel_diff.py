@@ -206,3 +206,32 @@ def test_rp_filter_drop(lab):
     pkt = Packet(ipaddress.ip_address("203.0.113.1"), ipaddress.ip_address("192.0.2.2"), "tcp", 40000, 80)
     outcome = trace(state, TraceRequest(a, pkt, reply=False)).branches[0].forward.outcome
     assert outcome.result == "dropped" and "rp_filter" in outcome.reason
+
+
+def test_redirect_needs_an_address_on_the_incoming_interface(lab):
+    """nf_nat_redirect sends a forwarded packet to the first address of the interface it came in
+    on; an interface without one (calico's cali* veths) makes the kernel drop the packet."""
+    host, pod, up = lab.ns("host"), lab.ns("pod"), lab.ns("upstream")
+    lab.veth(host, "eth0", up, "eth0")           # a default route out of another NIC, for proxy_arp
+    lab.run(host, "ip addr add 172.18.0.2/24 dev eth0 && ip route add default via 172.18.0.1")
+    lab.run(up, "ip addr add 172.18.0.1/24 dev eth0")
+    lab.veth(pod, "eth0", host, "cali12345")
+    lab.run(host, "ip route add 10.244.0.5/32 dev cali12345 scope link")
+    lab.sysctl(host, "net.ipv4.ip_forward", "1")
+    lab.sysctl(host, "net.ipv4.conf.cali12345.proxy_arp", "1")
+    lab.run(pod, "ip addr add 10.244.0.5/32 dev eth0 && ip route add 169.254.1.1 dev eth0 scope link && "
+                 "ip route add default via 169.254.1.1 dev eth0")
+    lab.run(host, "printf '*nat\\n-A PREROUTING -p tcp --dport 80 -j REDIRECT --to-ports 8080\\nCOMMIT\\n'"
+                  " | iptables-restore")
+    lab.server(host, host, tcp=[8080])
+    state = lab.snapshot()
+    assert predict(state, pod, "10.96.0.1", 80) == {("timeout", None, None)}
+    assert_agree(lab, state, pod, "10.96.0.1", 80)
+    outcome = trace(state, TraceRequest(pod, Packet(ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address(
+        "10.96.0.1"), "tcp", 40000, 80), reply=False)).branches[0].forward.outcome
+    assert outcome.result == "dropped" and "REDIRECT: cali12345 has no IPv4 address" in outcome.reason
+    # with an address on the host side, the packet is redirected to it
+    lab.run(host, "ip addr add 10.244.0.254/32 dev cali12345")
+    state = lab.snapshot()
+    predicted, _ = assert_agree(lab, state, pod, "10.96.0.1", 80)
+    assert predicted == {("ok", host, "10.244.0.5")}

@@ -10,12 +10,14 @@ import subprocess
 
 import pytest
 
+from podnet import Cluster
+from podnet.dataplane import build_dataplane
 from podnet.linux.iptables_builder import IptablesBuilder
 from podnet.proxy import userspace
 from podnet.proxy.userspace import (CONTAINER_NODEPORT, CONTAINER_PORTAL, HOST_NODEPORT, HOST_PORTAL,
                                     NON_LOCAL_NODEPORT, save_string)
 
-from conftest import have, is_root
+from conftest import GUIDE_LAB, have, is_root
 from test_proxy_ebpf import guide_lab, node_ip, run_trace, web_pods
 from test_proxy_model import oracle_objects, view_of
 
@@ -182,3 +184,14 @@ def test_iptables_restore_and_save_round_trip(tmp_path):
     def rules(t):
         return [l for l in t.splitlines() if l.startswith("-A ")]
     assert sorted(rules(back)) == sorted(rules(text))
+
+
+def test_calico_pods_cannot_use_the_proxy_port():
+    """REDIRECT sends a pod's packet to the address of the interface it came in on; calico's
+    cali* veths have none, so the kernel drops it (nf_nat_redirect) instead of relaying it."""
+    dp = build_dataplane(Cluster.load([GUIDE_LAB], cni="calico", proxy_mode="userspace"))
+    [branch] = run_trace(dp, "pod/net-tshoot-4lgv2", "svc/web:80").branches
+    out = branch.forward.outcome
+    assert out.result == "dropped" and out.node == "k8s-guide-worker"
+    assert re.fullmatch(r"REDIRECT: cali[0-9a-f]{11} has no IPv4 address to redirect to \(the kernel drops the packet\)",
+                        out.reason), out.reason

@@ -136,15 +136,17 @@ def run_hook(ns: Netns, hook: str, pkt: Packet, conn: ConnView, runtime: Runtime
 
 
 def nat_destination(ns: Netns, hook: str, nat: NatAction, pkt: Packet, in_iface: Optional[str]):
-    """The (address, port) a DNAT or REDIRECT sends the packet to."""
+    """The (address, port) a DNAT or REDIRECT sends the packet to. For REDIRECT the address is
+    None where the kernel drops the packet instead."""
     if nat.kind == "REDIRECT":
-        # REDIRECT: to the loopback address for locally generated packets, else to the
-        # primary address of the incoming interface
-        addr = ipaddress.ip_address("127.0.0.1" if hook == "OUTPUT" else "0.0.0.0")
-        if hook != "OUTPUT":
-            link = ns.links.get(in_iface or "")
-            addr = link.addresses[0].ip if link and link.addresses else addr
-        return addr, nat.port
+        # nf_nat_redirect: the loopback address for locally generated packets, else the first
+        # address of the incoming interface (of the packet's family); none there: NF_DROP
+        port = nat.port if nat.port is not None else pkt.dport
+        if hook == "OUTPUT":
+            return ipaddress.ip_address("127.0.0.1" if pkt.dst.version == 4 else "::1"), port
+        link = ns.links.get(in_iface or "")
+        own = [a.ip for a in (link.addresses if link else []) if a.ip.version == pkt.dst.version]
+        return (own[0] if own else None), port
     return (nat.addr if nat.addr is not None else pkt.dst), (nat.port if nat.port is not None else pkt.dport)
 
 
@@ -153,7 +155,9 @@ def translated(ns: Netns, hook: str, nat: NatAction, pkt: Packet, in_iface: Opti
     route and is left to the walker (nothing after POSTROUTING's nat chain looks at it)."""
     out = pkt.copy()
     if nat.kind in ("DNAT", "REDIRECT"):
-        out.dst, out.dport = nat_destination(ns, hook, nat, pkt, in_iface)
+        addr, port = nat_destination(ns, hook, nat, pkt, in_iface)
+        if addr is not None:            # None: the walker drops the packet
+            out.dst, out.dport = addr, port
     elif nat.kind == "SNAT":
         out.src = nat.addr if nat.addr is not None else pkt.src
         out.sport = nat.port if nat.port is not None else pkt.sport

@@ -818,6 +818,9 @@ class Walker:
         conn = tracked.conn
         if nat.kind in ("DNAT", "REDIRECT"):
             addr, port = nat_destination(ns, hook, nat, pkt, in_iface)
+            if addr is None:
+                self._drop(ns, f"REDIRECT: {in_iface} has no IPv{pkt.dst.version} address to redirect to "
+                               "(the kernel drops the packet)", pkt)
             old = ep(pkt.dst, pkt.dport)
             pkt.dst, pkt.dport = addr, port
             if conn is not None:
