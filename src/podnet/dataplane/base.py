@@ -11,7 +11,8 @@ from ..cluster import Cluster
 from ..errors import InputError
 from ..linux.iptables_builder import IptablesBuilder
 from ..linux.state import DataplaneState, Listener, Netns
-from ..sim.endpoints import Destination, Source, parse_hostport, resolve_destination, split_proto
+from ..sim.endpoints import (Destination, Source, is_ip, parse_port, resolve_destination, split_hostport,
+                             split_proto)
 from . import topology
 
 
@@ -208,18 +209,21 @@ def resolve_endpoints(dp: Dataplane, source: str, destination: str, protocol: st
             port = ports[0].container_port if ports else None
             proto = proto if not ports else ports[0].protocol.lower()
         else:
-            port = int(port_text)
+            port = parse_port(port_text)
         dst = Destination(pod.pod_ip, port, proto, label=f"pod/{pod.key}")
         notes.append(f"to pod {pod.key} ({pod.pod_ip}) on node {pod.node_name}")
     elif body.startswith("node/"):
         name, port_text = _split_port(body[5:])
         node = cluster.node(name)
-        dst = Destination(node.internal_ip, int(port_text) if port_text else None, proto, label=f"node/{name}")
+        dst = Destination(node.internal_ip, parse_port(port_text) if port_text else None, proto,
+                          label=f"node/{name}")
         notes.append(f"to node {name} ({node.internal_ip})")
     else:
         try:
             dst = resolve_destination(destination, protocol)
         except InputError:
+            if is_ip(split_hostport(body)[0]):
+                raise                   # an address with a bad port: not a name to look up
             dns = _resolve_name(dp, src, body, proto)
             if dns is None:
                 raise

@@ -14,14 +14,14 @@ from typing import Optional
 import dns.rdatatype
 
 from ..errors import InputError
-from ..sim.endpoints import Destination
+from ..sim.endpoints import Destination, parse_port
 from .client import cluster_dns_ip, format_lookup, resolve_for_pod
 
 
 def split_name_port(body: str) -> tuple[str, Optional[int]]:
     name, sep, port = body.rpartition(":")
-    if sep and port.isdigit():
-        return name, int(port)
+    if sep and ":" not in name:         # NAME:PORT (a name has no colon)
+        return name, parse_port(port)
     return body, None
 
 

@@ -44,19 +44,39 @@ def split_proto(text: str) -> tuple[str, Optional[str]]:
     return text, None
 
 
+def parse_port(text: str, field: str = "--to") -> int:
+    """A destination port as typed: 1-65535."""
+    port = int(text) if text.isdigit() else 0
+    if not 0 < port <= 65535:
+        raise InputError(f"expected a port number (1-65535), got {text!r}", field=field)
+    return port
+
+
+def split_hostport(text: str) -> tuple[str, Optional[str]]:
+    """`10.96.0.10:53`, `[fd00::a]:53`, `10.96.0.10`, `fd00::a` -> (host, port text or None)."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, (rest[1:] if rest.startswith(":") else None)
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, port
+    return text, None
+
+
+def is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_hostport(text: str) -> tuple[IPAddress, Optional[int]]:
     """`10.96.0.10:53`, `[fd00::a]:53`, `10.96.0.10` (no port)."""
-    try:
-        if text.startswith("["):
-            host, _, rest = text[1:].partition("]")
-            port = int(rest[1:]) if rest.startswith(":") else None
-            return ipaddress.ip_address(host), port
-        if text.count(":") == 1:
-            host, _, port = text.partition(":")
-            return ipaddress.ip_address(host), int(port)
-        return ipaddress.ip_address(text), None
-    except ValueError:
-        raise InputError(f"expected IP[:PORT], got {text!r}", field="--to") from None
+    host, port = split_hostport(text)
+    if not is_ip(host):
+        raise InputError(f"expected IP[:PORT], got {text!r}", field="--to")
+    return ipaddress.ip_address(host), (parse_port(port) if port is not None else None)
 
 
 def owner_of(state: DataplaneState, ip: IPAddress) -> Optional[str]:

@@ -1,0 +1,30 @@
+"""`podnet trace --to` with a bad port: one line naming the flag and the value, a non-zero exit,
+no traceback, and an address with a bad port is not taken for a DNS name."""
+
+import pytest
+
+from conftest import run_podnet
+
+TSHOOT = "pod/net-tshoot-4lgv2"
+
+
+@pytest.mark.parametrize("to, bad", [
+    ("pod/web-6d4777fb8c-bp7w6:abc", "abc"),        # was a ValueError traceback
+    ("pod/web-6d4777fb8c-bp7w6:99999", "99999"),
+    ("node/k8s-guide-worker:x", "x"),
+    ("10.0.0.1:abc", "abc"),                        # was looked up as a DNS name
+    ("10.0.0.1:0", "0"),
+    ("[fd00::1]:x", "x"),
+    ("web.default:70000", "70000"),                 # was accepted
+    ("web:abc", "abc"),                             # was looked up as the name 'web:abc'
+])
+def test_a_bad_destination_port_is_one_line(to, bad):
+    proc = run_podnet("trace", "--from", TSHOOT, "--to", to)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: --to: expected a port number (1-65535), got {bad!r}"]
+
+
+@pytest.mark.parametrize("to", ["pod/web-6d4777fb8c-bp7w6:80", "10.0.0.1:80", "[fd00::1]:53/udp", "web:80"])
+def test_good_destination_ports_still_trace(to):
+    proc = run_podnet("trace", "--no-reply", "--from", TSHOOT, "--to", to)
+    assert proc.returncode == 0, proc.stderr
