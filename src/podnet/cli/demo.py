@@ -28,8 +28,8 @@ def print_kind(cluster, kind: str, wide: bool, all_namespaces: bool = True) -> N
 def demo(paths):
     """Load a cluster (default: the guide's lab) and show what podnet decides for it.
 
-    Prints the reconciled nodes, pods, Services and EndpointSlices; when the
-    dataplane packages are present, also a node's routes and a traced packet.
+    Prints the reconciled nodes, pods, Services and EndpointSlices, as `podnet get`
+    does; `podnet render` and `podnet trace` show the dataplane.
     """
     cluster = load_cluster(paths)
     cfg = cluster.config
@@ -39,9 +39,3 @@ def demo(paths):
     for kind, wide in SECTIONS:
         click.echo(f"\n$ podnet get {kind} -A{' -o wide' if wide else ''}")
         print_kind(cluster, kind, wide)
-    for extra in DEMO_EXTRAS:
-        extra(cluster)
-
-
-# Later stages (render, trace) append functions taking the cluster.
-DEMO_EXTRAS: list = []

@@ -29,8 +29,9 @@ def get(kind, name, namespace, all_namespaces, output, selector, cni, cni_mode, 
     """Show objects of the reconciled cluster, like `kubectl get`.
 
     KIND is pods, services, endpointslices, endpoints, nodes, namespaces, deployments,
-    replicasets, statefulsets, daemonsets, networkpolicies, ingresses, gateways,
-    httproutes (kubectl's short names work: po, svc, no, ns, deploy, ds, netpol...).
+    replicasets, statefulsets, daemonsets, networkpolicies, ingresses, ingressclasses,
+    gateways, gatewayclasses, httproutes (kubectl's short names work: po, svc, no, ns,
+    deploy, ds, netpol...).
 
     \b
     Examples:

@@ -74,10 +74,12 @@ def cli(debug: bool):
 
     \b
     Start here:
-      podnet demo                                   the guide's lab, end to end
+      podnet demo                                   what podnet decides for the guide's lab
       podnet get pods -A -o wide                    pods, IPs and nodes
       podnet get svc -A                             Services and their ClusterIPs
       podnet get nodes -o wide                      node IPs and pod CIDRs
+      podnet render --node k8s-guide-worker routes  what `ip route` shows on that node
+      podnet trace --from pod/net-tshoot-4lgv2 --to svc/web:80   the life of a packet
     """
     State.debug = debug
 

@@ -88,7 +88,7 @@ def render_cmd(what, node_name, pod_name, cni, cni_mode, proxy_mode, paths):
       podnet render routes --node k8s-guide-worker2 -f lab/
       podnet render iptables --node k8s-guide-worker -f lab/
       podnet render routes --pod net-tshoot-abcde -f lab/
-      podnet render all --node kind-worker --cni flannel --proxy-mode ipvs -f lab/
+      podnet render all --node k8s-guide-worker --cni flannel --proxy-mode ipvs -f lab/
     """
     from ..dataplane import build_dataplane
     cluster = load_cluster(paths, cni=cni, cni_mode=cni_mode, proxy_mode=proxy_mode)

@@ -66,7 +66,7 @@ def trace_cmd(source, destination, protocol, sport, size, reply, seed, snapshot_
 
     \b
     Examples:
-      podnet trace --from pod/net-tshoot --to svc/web:80           (the guide's lab)
+      podnet trace --from pod/net-tshoot-4lgv2 --to svc/web:80     (the guide's lab)
       podnet trace -f lab/ --from node/k8s-guide-worker --to svc/web:80
       podnet trace -f lab/ --from pod/net-tshoot-abcde --to 1.1.1.1:443
       podnet trace --snapshot dump/ --from 10.244.1.3 --to 10.96.0.10:53/udp
