@@ -599,6 +599,27 @@ def test_cli_get_tables():
     assert "ADDRESSTYPE" in es and "IPv4" in es
 
 
+@pytest.mark.parametrize("selector, names", [
+    ("app=web", {"web"}), ("app==web", {"web"}), ("app", {"web"}),
+    ("app!=web", {"net-tshoot"}), ("!app", {"net-tshoot"}),
+    ("app in (web,db)", {"web"}), ("app notin (web)", {"net-tshoot"}),   # set-based: were never matched
+    ("app in (db)", set()), ("app=web,!app", set()),
+])
+def test_cli_get_label_selectors(selector, names):
+    out = run_podnet("get", "pods", "-o", "name", "-l", selector, check=True).stdout
+    workload = {line: next(w for w in ("web", "net-tshoot") if line.startswith(f"pod/{w}-"))
+                for line in out.splitlines()}
+    assert set(workload.values()) == names
+
+
+@pytest.mark.parametrize("selector", ["app in (b", "=x", "a>x", "app=web,,x", "app in (w b)"])
+def test_cli_get_bad_label_selector_is_one_line(selector):
+    proc = run_podnet("get", "pods", "-l", selector)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: --selector: ")
+
+
 def test_help_teaches():
     out = run_podnet("--help", check=True).stdout
     assert "podnet get pods" in out

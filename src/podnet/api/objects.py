@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -145,6 +146,17 @@ class Requirement:
 
 SELECTOR_OPS = ("In", "NotIn", "Exists", "DoesNotExist")
 
+_LABEL_KEY = r"[A-Za-z0-9][A-Za-z0-9._/-]*"
+_LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)?")
+# one requirement of a textual selector, and the comma after it
+_SELECTOR_TERM = re.compile(rf"""\s*(?:
+      !\s*(?P<nkey>{_LABEL_KEY})
+    | (?P<key>{_LABEL_KEY})\s*(?:
+          (?P<op>==|=|!=|>|<)\s*(?P<value>{_LABEL_VALUE.pattern})
+        | \s(?P<setop>in|notin)\s*\((?P<values>[^()]*)\)
+      )?
+    )\s*(?:,|$)""", re.X)
+
 
 @dataclass(slots=True, frozen=True)
 class LabelSelector:
@@ -170,6 +182,36 @@ class LabelSelector:
     @classmethod
     def from_labels(cls, labels: dict[str, str]) -> "LabelSelector":
         return cls(tuple(sorted(labels.items())))
+
+    @classmethod
+    def from_text(cls, text: str, field: str = "--selector") -> "LabelSelector":
+        """A selector as `kubectl get -l` takes it (apimachinery's labels.Parse): `k=v`, `k==v`,
+        `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`, `k>1`, `k<1`, joined with commas."""
+        labels, exprs, pos = [], [], 0
+        while pos < len(text):
+            m = _SELECTOR_TERM.match(text, pos)
+            if m is None or not m.group(0).strip(" ,"):
+                raise InputError(f"cannot parse the label selector {text!r} at {text[pos:]!r}", field=field)
+            pos = m.end()
+            key, op, value = m.group("key") or m.group("nkey"), m.group("op"), m.group("value")
+            if m.group("nkey"):
+                exprs.append(Requirement(key, "DoesNotExist"))
+            elif op in ("=", "=="):
+                labels.append((key, value))
+            elif op == "!=":
+                exprs.append(Requirement(key, "NotIn", (value,)))
+            elif op in (">", "<"):
+                if not value.isdigit():
+                    raise InputError(f"{key}{op}{value}: {op} needs an integer", field=field)
+                exprs.append(Requirement(key, "Gt" if op == ">" else "Lt", (value,)))
+            elif m.group("setop"):
+                values = tuple(v.strip() for v in m.group("values").split(","))
+                if not all(_LABEL_VALUE.fullmatch(v) for v in values):
+                    raise InputError(f"bad value in {m.group(0).strip(' ,')!r}", field=field)
+                exprs.append(Requirement(key, "In" if m.group("setop") == "in" else "NotIn", values))
+            else:
+                exprs.append(Requirement(key, "Exists"))
+        return cls(tuple(labels), tuple(exprs))
 
     def matches(self, labels: dict[str, str]) -> bool:
         for k, v in self.match_labels:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..api.objects import LabelSelector
 from ..errors import InputError
 from .main import cli, emit_objects, handle_errors, load_cluster, manifests_option
 from .tables import AgeClock, find_kind, kind_tables, render_table
@@ -57,7 +58,8 @@ def get(kind, name, namespace, all_namespaces, output, selector, cni, cni_mode, 
             where = f" in namespace {namespace or 'default'}" if table.namespaced else ""
             raise InputError(f'{table.name} "{name}" not found{where}')
     if selector:
-        items = [i for i in items if _matches(selector, _meta(i).labels)]
+        wanted = LabelSelector.from_text(selector)
+        items = [i for i in items if wanted.matches(_meta(i).labels)]
     if output in ("yaml", "json"):
         objs = [i[0] if isinstance(i, tuple) else i for i in items]
         if not objs:
@@ -88,24 +90,3 @@ def get(kind, name, namespace, all_namespaces, output, selector, cni, cni_mode, 
             row = [_meta(item).namespace] + row
         rows.append(row)
     click.echo(render_table(headers, rows))
-
-
-def _matches(selector: str, labels: dict) -> bool:
-    for term in selector.split(","):
-        term = term.strip()
-        if not term:
-            continue
-        if "!=" in term:
-            k, v = term.split("!=", 1)
-            if labels.get(k.strip()) == v.strip():
-                return False
-        elif "=" in term:
-            k, v = term.split("=", 1)
-            if labels.get(k.strip()) != v.strip().lstrip("="):
-                return False
-        elif term.startswith("!"):
-            if term[1:] in labels:
-                return False
-        elif term not in labels:
-            return False
-    return True
