@@ -584,6 +584,15 @@ def test_bad_input_is_one_line_naming_file_object_field(case, tmp_path):
     assert re.search(pattern, err), err
 
 
+def test_a_directory_without_manifests_is_said(tmp_path):
+    """-f pointing at the wrong directory: the cluster is only kind's defaults, and a warning says why."""
+    (tmp_path / "notes.txt").write_text("not a manifest\n")
+    proc = run_podnet("get", "svc", "-A", "-f", str(tmp_path), check=True)
+    assert proc.stderr.strip().splitlines() == [f"warning: {tmp_path}: no .yaml/.yml/.json files in this directory"]
+    assert "kube-dns" in proc.stdout and "web" not in proc.stdout
+    assert run_podnet("get", "svc", "-f", str(GUIDE_LAB), check=True).stderr == ""
+
+
 def test_cli_get_tables():
     out = run_podnet("get", "pods", "-o", "wide", "-f", str(GUIDE_LAB), check=True).stdout
     lines = out.splitlines()

@@ -120,14 +120,18 @@ def load_manifests(paths: Iterable[str | os.PathLike], bag: Manifests | None = N
     bag = bag or Manifests()
     paths = list(paths)
     named = {str(Path(p)) for p in paths}
-    for path in iter_manifest_files(paths):
-        bag.files.append(str(path))
-        for index, doc in enumerate(read_documents(path)):
-            if str(path) not in named and not (isinstance(doc, dict) and "kind" in doc):
-                # found by walking a directory: other tools' files live there too
-                bag.warnings.append(f"{path}: skipping document {index + 1} (not a Kubernetes object)")
-                continue
-            _add_document(bag, doc, str(path), f"document {index + 1}")
+    for given in paths:
+        files = iter_manifest_files([given])
+        if not files and Path(given).is_dir():
+            bag.warnings.append(f"{given}: no {'/'.join(MANIFEST_SUFFIXES)} files in this directory")
+        for path in files:
+            bag.files.append(str(path))
+            for index, doc in enumerate(read_documents(path)):
+                if str(path) not in named and not (isinstance(doc, dict) and "kind" in doc):
+                    # found by walking a directory: other tools' files live there too
+                    bag.warnings.append(f"{path}: skipping document {index + 1} (not a Kubernetes object)")
+                    continue
+                _add_document(bag, doc, str(path), f"document {index + 1}")
     return bag
 
 
