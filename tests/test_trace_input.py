@@ -28,3 +28,21 @@ def test_a_bad_destination_port_is_one_line(to, bad):
 def test_good_destination_ports_still_trace(to):
     proc = run_podnet("trace", "--no-reply", "--from", TSHOOT, "--to", to)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("args, header", [
+    # -p (or /proto) wins over the protocol of the Service's or the pod's port: it was ignored
+    (["--to", "svc/web:80", "-p", "icmp"], "trace icmp 10.244.1.2 -> 10.107.164.13 "),
+    (["--to", "svc/web:80/icmp"], "trace icmp 10.244.1.2 -> 10.107.164.13 "),
+    (["--to", "pod/web-6d4777fb8c-2d89v", "-p", "icmp"], "trace icmp 10.244.1.2 -> 10.244.2.3 "),
+    (["--to", "svc/kube-dns:53", "-p", "tcp"], "trace tcp 10.244.1.2:40000 -> 10.96.0.10:53 "),
+    # without it, the port's own protocol
+    (["--to", "svc/kube-dns:53"], "trace udp 10.244.1.2:40000 -> 10.96.0.10:53 "),
+    (["--to", "pod/web-6d4777fb8c-2d89v"], "trace tcp 10.244.1.2:40000 -> 10.244.2.3:80 "),
+])
+def test_the_protocol_asked_for_is_traced(args, header):
+    out = run_podnet("trace", "--no-reply", "--from", TSHOOT, *args, check=True).stdout
+    line = next(l for l in out.splitlines() if l.startswith("trace "))
+    assert line.startswith(header), line
+    if "kube-dns" in line and "tcp" in header:
+        assert line.endswith("svc/kube-system/kube-dns:dns-tcp")       # the Service's TCP port

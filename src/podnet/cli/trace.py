@@ -5,10 +5,11 @@ from __future__ import annotations
 import ipaddress
 
 import click
+from click.core import ParameterSource
 
 from ..errors import InputError
 from ..linux.netfilter import Packet
-from ..sim.endpoints import resolve_destination, resolve_source
+from ..sim.endpoints import resolve_destination, resolve_source, split_proto
 from ..sim.trace import TraceRequest, explain_json, explain_text, trace
 from .main import cli, handle_errors, load_cluster, manifests_option
 
@@ -81,6 +82,9 @@ def trace_cmd(source, destination, protocol, sport, size, reply, seed, snapshot_
         req = build_request(src, dst, protocol, sport, size, reply, seed, None)
     else:
         from ..dataplane import build_dataplane, resolve_endpoints
+        if (click.get_current_context().get_parameter_source("protocol") is not ParameterSource.DEFAULT
+                and split_proto(destination)[1] is None):
+            destination = f"{destination}/{protocol}"      # -p wins over a Service's or pod's port protocol
         cluster = load_cluster(paths, cni=cni, cni_mode=cni_mode, proxy_mode=proxy_mode)
         dp = build_dataplane(cluster)
         state = dp.state

@@ -138,14 +138,14 @@ def _split_port(text: str) -> tuple[str, Optional[str]]:
     return name, (port if sep else None)
 
 
-def _service_port(svc, port_text: Optional[str]):
+def _service_port(svc, port_text: Optional[str], proto: Optional[str] = None):
+    """The Service port named or numbered `port_text` (any port when it is None); of those the
+    first, or the first of protocol `proto` when there is one (kube-dns: 53/UDP and 53/TCP)."""
     if not svc.ports:
         raise InputError(f"service {svc.key} has no ports")
-    if port_text is None:
-        return svc.ports[0]
-    for p in svc.ports:
-        if p.name == port_text or str(p.port) == port_text:
-            return p
+    found = [p for p in svc.ports if port_text is None or p.name == port_text or str(p.port) == port_text]
+    if found:
+        return next((p for p in found if p.protocol.lower() == proto), found[0])
     raise InputError(f"service {svc.key} has no port {port_text!r} "
                      f"(ports: {', '.join(p.name or str(p.port) for p in svc.ports)})")
 
@@ -181,13 +181,14 @@ def resolve_endpoints(dp: Dataplane, source: str, destination: str, protocol: st
         src = Source(owner, ip, label=f"{ip}")
     # ---- destination
     body, proto = split_proto(destination)
+    explicit = proto is not None            # DEST/proto: it wins over the port's own protocol
     proto = proto or protocol
     if body.startswith("svc/") or body.startswith("lb/"):
         kind, _, rest = body.partition("/")
         name, port_text = _split_port(rest)
         svc = cluster.service(name)
-        sp = _service_port(svc, port_text)
-        proto = (proto if destination.rpartition("/")[2] in ("tcp", "udp", "sctp") else sp.protocol.lower())
+        sp = _service_port(svc, port_text, proto if explicit else None)
+        proto = proto if explicit else sp.protocol.lower()
         if kind == "lb":
             if not svc.lb_ips:
                 raise InputError(f"service {svc.key} has no LoadBalancer IP")
@@ -207,7 +208,7 @@ def resolve_endpoints(dp: Dataplane, source: str, destination: str, protocol: st
         if port_text is None:
             ports = pod.spec.all_ports()
             port = ports[0].container_port if ports else None
-            proto = proto if not ports else ports[0].protocol.lower()
+            proto = proto if explicit or not ports else ports[0].protocol.lower()
         else:
             port = parse_port(port_text)
         dst = Destination(pod.pod_ip, port, proto, label=f"pod/{pod.key}")
