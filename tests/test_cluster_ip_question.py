@@ -15,7 +15,7 @@ from podnet import Cluster
 from podnet.dataplane import build_dataplane
 
 from conftest import GUIDE_LAB, REFERENCE, run_podnet
-from test_proxy_ebpf import run_trace
+from helpers import walk
 
 CONFIG = """apiVersion: podnet.dev/v1alpha1
 kind: PodnetConfig
@@ -46,12 +46,12 @@ def test_cluster_ip_works_from_nodes_with_kube_proxy_only(tmp_path, mode):
 
     # "telnet 10.0.33.71 1321" from a minion connects, and the answer comes back
     for minion in ("k8s-guide-worker", "k8s-guide-worker2"):
-        result = run_trace(dp, f"node/{minion}", "svc/web:80")
+        result = walk(dp, f"node/{minion}", "svc/web:80")
         assert result.branches and all(b.forward.outcome.delivered for b in result.branches)
         assert all(b.reply is not None and b.reply.outcome.delivered for b in result.branches)
 
     # from the master it does not: no route but the default one, no rule, nobody answers
-    result = run_trace(dp, "node/k8s-guide-control-plane", "svc/web:80")
+    result = walk(dp, "node/k8s-guide-control-plane", "svc/web:80")
     assert len(result.branches) == 1
     fwd = result.branches[0].forward
     assert fwd.outcome.result == "dropped" and "blackhole" in fwd.outcome.reason
@@ -61,14 +61,14 @@ def test_cluster_ip_works_from_nodes_with_kube_proxy_only(tmp_path, mode):
     assert not any(s.chain.startswith("KUBE-") for h in fwd.hops for s in h.steps)
     assert any(h.ns == "gateway" for h in fwd.hops)       # it left the cluster
     # the master's pods fare no better: their node has no rules either
-    out = run_trace(dp, "pod/net-tshoot-4s4gm", "svc/web:80").branches[0].forward.outcome
+    out = walk(dp, "pod/net-tshoot-4s4gm", "svc/web:80").branches[0].forward.outcome
     assert out.result == "dropped"
 
 
 def test_cluster_ip_question_with_the_ebpf_agent_missing(tmp_path):
     dp = question_cluster(tmp_path, "ebpf")
-    assert run_trace(dp, "node/k8s-guide-worker", "svc/web:80").branches[0].forward.outcome.delivered
-    assert run_trace(dp, "node/k8s-guide-control-plane", "svc/web:80").branches[0].forward.outcome.result == \
+    assert walk(dp, "node/k8s-guide-worker", "svc/web:80").branches[0].forward.outcome.delivered
+    assert walk(dp, "node/k8s-guide-control-plane", "svc/web:80").branches[0].forward.outcome.result == \
         "dropped"
 
 

@@ -4,17 +4,13 @@ delivered, what the receiver saw as its source, which hops it took, and that the
 reply undoes every NAT (the client's socket gets the answer from the address it
 connected to)."""
 
-import ipaddress
-import shutil
 
 import pytest
 
-from podnet.cli.trace import build_request
 from podnet.cluster import Cluster
-from podnet.dataplane import build_dataplane, resolve_endpoints
-from podnet.sim.trace import trace
+from podnet.dataplane import build_dataplane
 
-from conftest import GUIDE_LAB
+from helpers import guide_inputs, walk
 
 EXTRA = """
 apiVersion: podnet.dev/v1alpha1
@@ -55,16 +51,8 @@ MODES = ["iptables", "nftables"]
 
 @pytest.fixture(scope="module", params=MODES)
 def dp(request, tmp_path_factory):
-    d = tmp_path_factory.mktemp("lab")
-    for f in GUIDE_LAB.glob("*.yaml"):
-        shutil.copy(f, d / f.name)
-    (d / "extra.yaml").write_text(EXTRA)
+    d = guide_inputs(tmp_path_factory.mktemp("lab"), extra=EXTRA)
     return build_dataplane(Cluster.load([str(d)], proxy_mode=request.param))
-
-
-def walk(dp, src, dst, proto="tcp"):
-    s, d, _ = resolve_endpoints(dp, src, dst, proto)
-    return trace(dp.state, build_request(s, d, proto, 40000, 84, True, None, None, dp.state))
 
 
 def pod_of(dp, outcome):
@@ -249,10 +237,7 @@ FLOWS = [("pod/net-tshoot-4lgv2", "svc/web:80"), ("node/k8s-guide-worker", "svc/
 
 @pytest.fixture(scope="module")
 def guide_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("guide")
-    for f in GUIDE_LAB.glob("*.yaml"):
-        shutil.copy(f, d / f.name)
-    return d
+    return guide_inputs(tmp_path_factory.mktemp("guide"))
 
 
 @pytest.mark.parametrize("proxy", PROXIES)

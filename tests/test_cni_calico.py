@@ -8,22 +8,21 @@ import subprocess
 import pytest
 
 import podnet.cni
-from podnet.cli.trace import build_request
 from podnet.cluster import Cluster
 from podnet.cni.base import node_conflist, pod_cni_env
 from podnet.cni.calico import veth_name_for_workload
 from podnet.cni.calico_ipam import Block, CalicoIPAM, dataplane_datastore, pod_handle
 from podnet.cni.spec import invoke
-from podnet.dataplane import build_dataplane, resolve_endpoints
+from podnet.dataplane import build_dataplane
 from podnet.errors import AllocationError, InputError
 from podnet.linux import render
 from podnet.linux.state import DataplaneState, Netns
-from podnet.sim.trace import trace
 
 from conftest import GUIDE_LAB, run_podnet
+from helpers import (CONTROL, WORKER, WORKER2, assert_hops, guide_inputs, hops, host_veth, lab_name, tshoot,
+                     wait_clean, walk, walk_one)
 
 ip, net = ipaddress.ip_address, ipaddress.ip_network
-CONTROL, WORKER, WORKER2 = "k8s-guide-control-plane", "k8s-guide-worker", "k8s-guide-worker2"
 
 RACKS = """
 apiVersion: podnet.dev/v1alpha1
@@ -39,33 +38,11 @@ def lab(mode="bgp", *extra):
     return build_dataplane(Cluster.load([GUIDE_LAB, *extra], cni="calico", cni_mode=mode))
 
 
-def tshoot(dp, node):
-    return next(p for p in dp.cluster.pods if p.name.startswith("net-tshoot-") and p.node_name == node)
-
-
 def web(dp, node):
     return next(p for p in dp.cluster.pods if p.name.startswith("web-") and p.node_name == node)
 
 
-def host_veth(dp, pod):
-    return dp.netns_of_pod(pod).links["eth0"].peer[1]
-
-
-def walk(dp, src, dst, proto="tcp", reply=True):
-    s, d, _ = resolve_endpoints(dp, src, dst, proto)
-    result = trace(dp.state, build_request(s, d, proto, 40000, 84, reply, None, None))
-    assert len(result.branches) == 1
-    return result.branches[0]
-
-
-def hops(leg, stages=("route", "neigh", "xmit", "ipip", "vxlan")):
-    return [(h.ns, h.stage, h.text) for h in leg.hops if h.stage in stages]
-
-
-def assert_hops(got, wanted):
-    assert len(got) == len(wanted), "\n".join(map(str, got))
-    for (ns, stage, text), (w_ns, w_stage, w_text) in zip(got, wanted):
-        assert (ns, stage) == (w_ns, w_stage) and w_text in text, (ns, stage, text, w_text)
+TUNNEL_HOPS = ("route", "neigh", "xmit", "ipip", "vxlan")
 
 
 # ============================================================================ names
@@ -147,7 +124,7 @@ def test_a_full_node_claims_more_blocks_then_borrows_and_peers_route_the_borrowe
     # the block's owner has the blackhole, and the more specific route to the borrower over it
     routes = render.ip_route(dp.node_netns(WORKER)).splitlines()
     assert f"blackhole {worker_block} proto bird" in routes and f"{b} via {w2} dev eth0 proto bird" in routes
-    branch = walk(dp, f"pod/{tshoot(dp, WORKER).name}", f"pod/{borrowed[0].name}", "icmp", reply=False)
+    branch = walk_one(dp, f"pod/{tshoot(dp, WORKER).name}", f"pod/{borrowed[0].name}", "icmp", reply=False)
     assert branch.forward.outcome.result == "answered" and branch.forward.outcome.ns == dp.pod_ns[borrowed[0].key]
 
 
@@ -194,7 +171,7 @@ def test_recorded_pod_ips_are_honoured(manifest):
     routes = render.ip_route(dp.node_netns(CONTROL)).splitlines()
     assert "10.244.3.0/26 via 172.18.0.3 dev eth0 proto bird" in routes
     assert "10.244.3.9 via 172.18.0.4 dev eth0 proto bird" in routes
-    assert walk(dp, f"pod/{tshoot(dp, CONTROL).name}", "pod/borrower", "icmp", reply=False).forward.outcome.ns == \
+    assert walk_one(dp, f"pod/{tshoot(dp, CONTROL).name}", "pod/borrower", "icmp", reply=False).forward.outcome.ns == \
         dp.pod_ns[bor.key]
 
 
@@ -243,7 +220,7 @@ def test_host_ports_go_through_the_chained_portmap(manifest):
     dp = lab("bgp", manifest("hp.yaml", HOSTPORT))
     pod = dp.cluster.pod("hp")
     assert f"-j DNAT --to-destination {pod.pod_ip}:80" in dp.node_netns(WORKER).iptables
-    branch = walk(dp, f"pod/{tshoot(dp, WORKER2).name}", f"{dp.cluster.node(WORKER).internal_ip}:8080")
+    branch = walk_one(dp, f"pod/{tshoot(dp, WORKER2).name}", f"{dp.cluster.node(WORKER).internal_ip}:8080")
     assert branch.forward.outcome.ns == dp.pod_ns[pod.key] and branch.reply.outcome.delivered
 
 
@@ -292,9 +269,9 @@ def test_ipip_walk_and_reply():
     w, w2 = dp.cluster.node(WORKER), dp.cluster.node(WORKER2)
     na, nb = dp.pod_ns[a.key], dp.pod_ns[b.key]
     va, vb = host_veth(dp, a), host_veth(dp, b)
-    branch = walk(dp, f"pod/{a.name}", f"pod/{b.name}:80")
+    branch = walk_one(dp, f"pod/{a.name}", f"pod/{b.name}:80")
     assert branch.forward.outcome.ns == nb and branch.forward.outcome.result == "delivered"
-    assert_hops(hops(branch.forward), [
+    assert_hops(hops(branch.forward, TUNNEL_HOPS), [
         (na, "route", f"via 169.254.1.1 dev eth0 src {a.pod_ip}"),
         (na, "neigh", "169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy_arp"),
         (na, "xmit", f"-> {va} in {WORKER}"),
@@ -311,7 +288,7 @@ def test_ipip_walk_and_reply():
         (nb, "route", f"local {b.pod_ip}"),
     ])
     assert branch.reply.outcome.delivered and branch.reply.outcome.ns == na
-    back = hops(branch.reply)
+    back = hops(branch.reply, TUNNEL_HOPS)
     assert back[1][1] == "neigh" and "proxy_arp" in back[1][2]
     assert (WORKER2, "ipip", f"tunl0: encapsulate IP-in-IP {w2.internal_ip} -> {w.internal_ip}") in back
 
@@ -349,8 +326,8 @@ def test_vxlan_walk_and_reply():
     na, nb = dp.pod_ns[a.key], dp.pod_ns[b.key]
     va, vb = host_veth(dp, a), host_veth(dp, b)
     peer_vx = dp.node_netns(WORKER2).links["vxlan.calico"]
-    branch = walk(dp, f"pod/{a.name}", f"pod/{b.name}:80")
-    assert_hops(hops(branch.forward), [
+    branch = walk_one(dp, f"pod/{a.name}", f"pod/{b.name}:80")
+    assert_hops(hops(branch.forward, TUNNEL_HOPS), [
         (na, "route", f"via 169.254.1.1 dev eth0 src {a.pod_ip}"),
         (na, "neigh", "169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy_arp"),
         (na, "xmit", f"-> {va} in {WORKER}"),
@@ -371,7 +348,7 @@ def test_vxlan_walk_and_reply():
     assert branch.forward.outcome.ns == nb and branch.reply.outcome.delivered and branch.reply.outcome.ns == na
     own_vx = dp.node_netns(WORKER).links["vxlan.calico"]
     assert any(t == f"{own_vx.addresses[0].ip} dev vxlan.calico lladdr {own_vx.mac} PERMANENT"
-               for ns, s, t in hops(branch.reply) if ns == WORKER2)
+               for ns, s, t in hops(branch.reply, TUNNEL_HOPS) if ns == WORKER2)
 
 
 def test_node_to_a_pod_behind_vxlan_is_masqueraded_once():
@@ -381,8 +358,7 @@ def test_node_to_a_pod_behind_vxlan_is_masqueraded_once():
     dp = lab("vxlan")
     remote = web(dp, WORKER2)
     tunnel = dp.node_netns(WORKER).links["vxlan.calico"].addresses[0].ip
-    s, d, _ = resolve_endpoints(dp, f"node/{WORKER}", "svc/web:80", "tcp")
-    result = trace(dp.state, build_request(s, d, "tcp", 40000, 84, True, None, None))
+    result = walk(dp, f"node/{WORKER}", "svc/web:80")
     branch = next(b for b in result.branches if b.forward.outcome.ns == dp.pod_ns[remote.key])
     assert branch.forward.outcome.packet.src == tunnel
     assert not [h for h in branch.forward.hops if h.ns == WORKER2 and h.stage == "nat"]
@@ -402,7 +378,7 @@ def test_cross_subnet_encapsulates_only_across_subnets(manifest, mode, device):
     via = w2.internal_ip if device == "tunl0" else dp.node_netns(WORKER2).links[device].addresses[0].ip
     assert f"{w2_block} via {via} dev {device} proto {proto} onlink" in routes          # other subnet: tunnel
     a, b = tshoot(dp, WORKER), web(dp, WORKER2)
-    branch = walk(dp, f"pod/{a.name}", f"pod/{b.name}:80")
+    branch = walk_one(dp, f"pod/{a.name}", f"pod/{b.name}:80")
     assert branch.forward.outcome.ns == dp.pod_ns[b.key] and branch.reply.outcome.delivered
     encap = [h for h in branch.forward.hops if h.stage in ("ipip", "vxlan") and h.ns == WORKER]
     assert len(encap) == 1
@@ -411,7 +387,7 @@ def test_cross_subnet_encapsulates_only_across_subnets(manifest, mode, device):
     decap = [h for h in branch.forward.hops if h.stage in ("ipip", "vxlan") and h.ns == WORKER2]
     assert decap and "decapsulated" in decap[0].text
     # to the control plane (same subnet) nothing is encapsulated
-    branch = walk(dp, f"pod/{a.name}", f"pod/{tshoot(dp, CONTROL).name}", "icmp", reply=False)
+    branch = walk_one(dp, f"pod/{a.name}", f"pod/{tshoot(dp, CONTROL).name}", "icmp", reply=False)
     assert branch.forward.outcome.result == "answered"
     assert not [h for h in branch.forward.hops if h.stage in ("ipip", "vxlan")]
 
@@ -422,7 +398,7 @@ def test_bgp_across_subnets_goes_to_the_router(manifest):
     dp = build_dataplane(Cluster.load([GUIDE_LAB, manifest("racks.yaml", RACKS.replace("MODE", "bgp"))]))
     block = dp.cluster.ipam.affine_blocks(WORKER2)[0].cidr
     assert f"{block} via 172.18.0.1 dev eth0 proto bird" in render.ip_route(dp.node_netns(WORKER)).splitlines()
-    branch = walk(dp, f"pod/{tshoot(dp, WORKER).name}", f"pod/{web(dp, WORKER2).name}:80", reply=False)
+    branch = walk_one(dp, f"pod/{tshoot(dp, WORKER).name}", f"pod/{web(dp, WORKER2).name}:80", reply=False)
     assert not branch.forward.outcome.delivered
 
 
@@ -436,7 +412,7 @@ def test_nat_outgoing_off_keeps_pod_sources(manifest):
     assert "add cali40masq-ipam-pools" not in ns.ipsets and "add cali40all-ipam-pools 10.244.0.0/16" in ns.ipsets
     assert "-A cali-nat-outgoing" not in ns.iptables
     pod = tshoot(dp, WORKER)
-    branch = walk(dp, f"pod/{pod.name}", "1.1.1.1:443", reply=False)
+    branch = walk_one(dp, f"pod/{pod.name}", "1.1.1.1:443", reply=False)
     assert not [h for h in branch.forward.hops if h.ns == WORKER and h.stage == "nat"]
 
 
@@ -455,38 +431,27 @@ def test_dual_stack_pods_get_both_families(manifest):
     assert f"{block6} via {w2} dev eth0 proto bird metric 1024" in \
         render.ip_route(dp.node_netns(WORKER), family=6).splitlines()
     b6 = next(x for x in b.pod_ips if x.version == 6)
-    branch = walk(dp, f"pod/{a.name}", f"[{b6}]:80")
+    branch = walk_one(dp, f"pod/{a.name}", f"[{b6}]:80")
     assert branch.forward.outcome.ns == dp.pod_ns[b.key] and branch.reply.outcome.delivered
-    assert "fe80::ecee:eeff:feee:eeee is-at ee:ee:ee:ee:ee:ee" in hops(branch.forward)[1][2]
+    assert "fe80::ecee:eeff:feee:eeee is-at ee:ee:ee:ee:ee:ee" in hops(branch.forward, TUNNEL_HOPS)[1][2]
 
 
 # ============================================================================ for real (root, netns)
 
 def _lab_up(name, tmp_path, mode):
-    import shutil
     from podnet.lab.lab import Lab
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for f in GUIDE_LAB.glob("*.yaml"):
-        shutil.copy(f, inputs / f.name)
     lab = Lab(name)
-    lab.up([str(inputs)], cni="calico", cni_mode=mode, proxy_mode="iptables")
+    lab.up([str(guide_inputs(tmp_path / "in"))], cni="calico", cni_mode=mode, proxy_mode="iptables")
     return lab
-
-
-def _leftover_netns(name):
-    from podnet.lab import nsutil
-    return [n for n in nsutil.list_netns() if n.startswith(name + "-")]
 
 
 @pytest.mark.netns
 def test_for_real_the_kernel_answers_169_254_1_1_and_carries_vxlan(tmp_path):
     """The kernel does what the model says: the pod's ARP for 169.254.1.1 is answered by proxy
     ARP with ee:ee:ee:ee:ee:ee, and a request crosses vxlan.calico to a pod on another node."""
-    import secrets
     from podnet.lab import client
     from podnet.lab.lab import Lab
-    name = f"ptc{secrets.token_hex(3)}"
+    name = lab_name("c")
     lab = Lab(name)
     try:
         lab = _lab_up(name, tmp_path, "vxlan")
@@ -506,24 +471,23 @@ def test_for_real_the_kernel_answers_169_254_1_1_and_carries_vxlan(tmp_path):
     finally:
         if lab.exists():
             lab.down()
-    assert _leftover_netns(name) == []
+    assert wait_clean(name, 5) == []
 
 
 @pytest.mark.netns
 def test_for_real_ipip_needs_the_ipip_link_type(tmp_path):
     """On a kernel without ipip the lab refuses calico's IPIP modes with a message that says so,
     and leaves nothing behind (skipped where the kernel has ipip)."""
-    import secrets
     from podnet.lab.apply import LabError
     from podnet.lab.lab import Lab
-    name = f"pti{secrets.token_hex(3)}"
+    name = lab_name("i")
     lab = Lab(name)
     try:
         try:
             lab = _lab_up(name, tmp_path, "ipip")
         except LabError as e:
             assert "this kernel lacks the ipip link type" in str(e) and "calico bgp or vxlan" in str(e)
-            assert _leftover_netns(name) == []
+            assert wait_clean(name, 5) == []
             return
         pytest.skip("this kernel has the ipip link type")
     finally:

@@ -3,31 +3,26 @@ flanneld's backends and masquerade rules as packets see them, and the lab for re
 
 import ipaddress
 import json
-import secrets
-import shutil
 import subprocess
 
 import pytest
 
-from podnet.cli.trace import build_request
 from podnet.cluster import Cluster
 from podnet.cni.flannel import FlannelPlugin, parse_subnet_env
 from podnet.cni.plugins import plugin_for
 from podnet.cni.plugins.host_local import reserved_addresses
 from podnet.cni.spec import CNIError, Code, invoke
-from podnet.dataplane import build_dataplane, resolve_endpoints
+from podnet.dataplane import build_dataplane
 from podnet.dataplane.topology import container_id
-from podnet.errors import PodnetError
 from podnet.linux import render
 from podnet.linux.netfilter import Packet
 from podnet.linux.state import DataplaneState, Link, Netns
-from podnet.sim.trace import trace
 from podnet.sim.walk import Walker
 
 from conftest import GUIDE_LAB
+from helpers import CONTROL, WORKER, WORKER2, guide_inputs, lab_name, tshoot, walk
 
 ip = ipaddress.ip_address
-CONTROL, WORKER, WORKER2 = "k8s-guide-control-plane", "k8s-guide-worker", "k8s-guide-worker2"
 SUBNET_ENV = "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n"
 
 
@@ -164,15 +159,6 @@ def hostgw():
     return build_dataplane(Cluster.load([GUIDE_LAB], cni="flannel", cni_mode="host-gw"))
 
 
-def walk(dp, source, dest, proto="tcp", size=84):
-    src, to, _ = resolve_endpoints(dp, source, dest, proto)
-    return trace(dp.state, build_request(src, to, proto, 40000, size, True, None, None))
-
-
-def tshoot(dp, node):
-    return next(p for p in dp.cluster.pods if p.name.startswith("net-tshoot-") and p.node_name == node)
-
-
 def test_pod_ips_are_the_control_planes_and_host_local_keeps_them(vxlan):
     for node in vxlan.cluster.nodes:
         ns = vxlan.node_netns(node.name)
@@ -293,8 +279,7 @@ def test_forwarding_between_pods_survives_a_drop_policy(vxlan):
 
 
 def test_dual_stack(tmp_path):
-    for f in GUIDE_LAB.glob("*.yaml"):
-        shutil.copy(f, tmp_path / f.name)
+    guide_inputs(tmp_path)
     (tmp_path / "kind.yaml").write_text((GUIDE_LAB / "kind.yaml").read_text()
                                         .replace("name: k8s-guide\n", "name: k8s-guide\nnetworking: {ipFamily: dual}\n"))
     dp = build_dataplane(Cluster.load([tmp_path], cni="flannel"))
@@ -340,10 +325,8 @@ def test_host_gw_needs_one_l2_segment(manifest):
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     from podnet.lab.lab import Lab
-    inputs = tmp_path_factory.mktemp("flannel-lab")
-    for f in GUIDE_LAB.glob("*.yaml"):
-        shutil.copy(f, inputs / f.name)
-    name = f"ptfl{secrets.token_hex(3)}"
+    inputs = guide_inputs(tmp_path_factory.mktemp("flannel-lab"))
+    name = lab_name("fl")
     lab = Lab(name)
     try:
         lab.up([str(inputs)], cni="flannel", proxy_mode="iptables")

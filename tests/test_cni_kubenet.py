@@ -5,44 +5,26 @@ ranges), the packet walks through the cloud router, and the KubeCon talk's pod -
 the lab too."""
 
 import re
-import secrets
 
 import pytest
 
-from podnet.cli.trace import build_request
 from podnet.cluster import Cluster
 from podnet.cni.kubenet import MASQ_COMMENT
-from podnet.dataplane import build_dataplane, resolve_endpoints
+from podnet.dataplane import build_dataplane
 from podnet.errors import InputError
 from podnet.linux import render
-from podnet.sim.trace import trace
 
 from conftest import GUIDE_LAB, REFERENCE
-
-CONTROL, WORKER, WORKER2 = "k8s-guide-control-plane", "k8s-guide-worker", "k8s-guide-worker2"
+from helpers import WORKER, WORKER2, guide_inputs, lab_name, tshoot, walk, walk_one
 
 
 def inputs(tmp_path, cni: str):
-    for f in GUIDE_LAB.glob("*.yaml"):
-        (tmp_path / f.name).write_text(f.read_text())
-    (tmp_path / "podnet.yaml").write_text(f"apiVersion: podnet.dev/v1alpha1\nkind: PodnetConfig\ncni: {cni}\n")
-    return tmp_path
+    return guide_inputs(tmp_path, config=f"cni: {cni}\n")
 
 
 @pytest.fixture(scope="module", params=["cloud-routes", "aks", "aws", "gke"])
 def cloud(request):
     return build_dataplane(Cluster.load([GUIDE_LAB], cni="kubenet", cni_mode=request.param))
-
-
-def tshoot(dp, node: str):
-    return next(p for p in dp.cluster.pods if p.name.startswith("net-tshoot-") and p.node_name == node)
-
-
-def walk(dp, src: str, dst: str, proto: str = "tcp"):
-    s, d, _ = resolve_endpoints(dp, src, dst, proto)
-    result = trace(dp.state, build_request(s, d, proto, 40000, 84, True, None, None, dp.state))
-    assert len(result.branches) == 1
-    return result.branches[0]
 
 
 def test_the_chapter_is_the_reference():
@@ -107,7 +89,7 @@ def test_reachability_is_in_the_cloud_router(cloud):
 def test_pod_to_pod_across_nodes_goes_through_the_cloud_router(cloud):
     pod1 = tshoot(cloud, WORKER)
     web = next(p for p in cloud.cluster.pods if p.name.startswith("web-") and p.node_name == WORKER2)
-    branch = walk(cloud, f"pod/{pod1.name}", f"pod/{web.name}:80")
+    branch = walk_one(cloud, f"pod/{pod1.name}", f"pod/{web.name}:80")
     leg = branch.forward
     assert leg.outcome.delivered and leg.outcome.ns == cloud.pod_ns[web.key]
     assert str(leg.outcome.packet.src) == str(pod1.pod_ip)               # no SNAT between pods
@@ -139,7 +121,7 @@ def test_kubecon_pod_to_internet_masqueraded_twice(cloud):
     """"src: pod1 -> src: internal-IP (MASQUERADE) -> src: external-IP (the cloud's NAT)", and back."""
     pod = tshoot(cloud, WORKER)
     node_ip = cloud.cluster.node(WORKER).internal_ip
-    branch = walk(cloud, f"pod/{pod.name}", "8.8.8.8:53/udp", "udp")
+    branch = walk_one(cloud, f"pod/{pod.name}", "8.8.8.8:53/udp", "udp")
     leg = branch.forward
     assert leg.outcome.delivered and leg.outcome.ns == "internet"
     nats = [(h.ns, h.text) for h in leg.hops if h.stage == "nat"]
@@ -159,14 +141,14 @@ def test_kubecon_pod_to_internet_without_masquerade_is_dropped(tmp_path):
                                                         "options: {nonMasqueradeCIDR: 0.0.0.0/0}}")]))
     assert not [l for l in dp.node_netns(WORKER).iptables.splitlines() if MASQ_COMMENT in l]
     pod = tshoot(dp, WORKER)
-    leg = walk(dp, f"pod/{pod.name}", "8.8.8.8:53/udp", "udp").forward
+    leg = walk_one(dp, f"pod/{pod.name}", "8.8.8.8:53/udp", "udp").forward
     assert leg.outcome.result == "dropped" and leg.outcome.ns == "gateway"
     assert "CLOUD-NAT" in leg.outcome.reason and str(leg.outcome.packet.src) == str(pod.pod_ip)
-    node = walk(dp, f"node/{WORKER}", "8.8.8.8:53/udp", "udp")
+    node = walk_one(dp, f"node/{WORKER}", "8.8.8.8:53/udp", "udp")
     assert node.forward.outcome.delivered and node.reply.outcome.delivered
     # pods still reach each other: the cloud routes them, only its NAT is picky
     web = next(p for p in dp.cluster.pods if p.name.startswith("web-") and p.node_name == WORKER2)
-    assert walk(dp, f"pod/{pod.name}", f"pod/{web.name}:80").forward.outcome.delivered
+    assert walk_one(dp, f"pod/{pod.name}", f"pod/{web.name}:80").forward.outcome.delivered
 
 
 def test_options(tmp_path):
@@ -186,8 +168,7 @@ def test_hairpin_through_a_service_on_the_promiscuous_bridge(tmp_path):
     """A pod reaching itself through its Service (br_netfilter DNAT on cbr0, then routed back)."""
     dp = build_dataplane(Cluster.load([GUIDE_LAB], cni="kubenet"))
     web = next(p for p in dp.cluster.pods if p.name.startswith("web-"))
-    s, d, _ = resolve_endpoints(dp, f"pod/{web.name}", "svc/web:80", "tcp")
-    result = trace(dp.state, build_request(s, d, "tcp", 40000, 84, True, None, None, dp.state))
+    result = walk(dp, f"pod/{web.name}", "svc/web:80")
     mine = [b for b in result.branches if b.forward.outcome.ns == dp.pod_ns[web.key]]
     assert mine and all(b.forward.outcome.delivered and b.reply.outcome.delivered for b in mine)
 
@@ -201,7 +182,7 @@ def test_kubenet_in_the_lab(tmp_path, mode):
     from podnet.lab import client
     from podnet.lab.lab import Lab
     from podnet.lab.verify import verify
-    name = f"ptk{secrets.token_hex(3)}"
+    name = lab_name("k")
     lab = Lab(name)
     try:
         lab.up([str(inputs(tmp_path, f"{{plugin: kubenet, mode: {mode}}}"))])

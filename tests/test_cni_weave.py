@@ -3,7 +3,6 @@ relay; the relay for real in the lab."""
 
 import ipaddress
 import json
-import secrets
 
 import pytest
 
@@ -16,21 +15,14 @@ from podnet.dataplane.topology import container_id
 from podnet.errors import AllocationError, InputError
 from podnet.linux.state import DataplaneState, Link, Netns
 
-from conftest import GUIDE_LAB
+from helpers import CONTROL, WORKER, WORKER2, guide_inputs, lab_name
 
-CONTROL, WORKER, WORKER2 = "k8s-guide-control-plane", "k8s-guide-worker", "k8s-guide-worker2"
 RANGE = ipaddress.ip_network("10.32.0.0/12")
 
 
 def inputs(tmp_path, podnet_config: str = "", extra: str = "", cni: str = "{plugin: weave}"):
     """The guide's lab with weave; `podnet_config` adds lines to the PodnetConfig."""
-    for f in GUIDE_LAB.glob("*.yaml"):
-        (tmp_path / f.name).write_text(f.read_text())
-    (tmp_path / "podnet.yaml").write_text("apiVersion: podnet.dev/v1alpha1\nkind: PodnetConfig\n"
-                                          f"cni: {cni}\n" + podnet_config)
-    if extra:
-        (tmp_path / "extra.yaml").write_text(extra)
-    return tmp_path
+    return guide_inputs(tmp_path, extra=extra, config=f"cni: {cni}\n" + podnet_config)
 
 
 # ----------------------------------------------------------------------------- the ring
@@ -276,7 +268,7 @@ def test_relay_in_the_lab(tmp_path):
     from podnet.lab import client
     from podnet.lab.lab import Lab
     d = inputs(tmp_path, f"podSubnet: 10.32.0.0/12\nnodeNetwork: {{unreachable: [[{WORKER}, {WORKER2}]]}}\n")
-    name = f"ptw{secrets.token_hex(3)}"
+    name = lab_name("w")
     lab = Lab(name)
     try:
         lab.up([str(d)])

@@ -11,33 +11,23 @@ import re
 
 import pytest
 
-from podnet.cli.trace import build_request
 from podnet.cluster import Cluster
 from podnet.cni.calico import rule_hashes, FelixRule, veth_name_for_workload
 from podnet.cni.spec import NetworkConfigList
-from podnet.dataplane import build_dataplane, resolve_endpoints
+from podnet.dataplane import build_dataplane
 from podnet.linux import render
 from podnet.linux.ipset import IpsetStore
 from podnet.linux.routing import route_get
-from podnet.sim.trace import trace
 
 from conftest import GUIDE_LAB, REFERENCE
+from helpers import CONTROL, WORKER, WORKER2, assert_hops, hops, host_veth, tshoot, walk, walk_one
 
-CONTROL, WORKER, WORKER2 = "k8s-guide-control-plane", "k8s-guide-worker", "k8s-guide-worker2"
 CHAPTER = (REFERENCE / "guide" / "cni-calico.md").read_text()
 
 
 @pytest.fixture(scope="module")
 def lab():
     return build_dataplane(Cluster.load([GUIDE_LAB], cni="calico"))
-
-
-def tshoot(dp, node: str):
-    return next(p for p in dp.cluster.pods if p.name.startswith("net-tshoot-") and p.node_name == node)
-
-
-def host_veth(dp, pod) -> str:
-    return dp.netns_of_pod(pod).links["eth0"].peer[1]
 
 
 def local_pods(dp, node: str):
@@ -138,14 +128,10 @@ def test_day_in_the_life_of_a_packet(lab):
         f"{block3} via {control.internal_ip} dev eth0 proto bird"
     assert render.route_line(route_get(lab.node_netns(CONTROL), dst).route) == f"{dst} dev {veth3} scope link"
 
-    src, to, _ = resolve_endpoints(lab, f"pod/{pod1.name}", f"pod/{pod3.name}", "icmp")
-    result = trace(lab.state, build_request(src, to, "icmp", 40000, 84, True, None, None))
-    assert len(result.branches) == 1
-    leg = result.branches[0].forward
+    leg = walk_one(lab, f"pod/{pod1.name}", f"pod/{pod3.name}", "icmp").forward
     assert leg.outcome.result == "answered" and leg.outcome.ns == ns3
-    steps = [(h.ns, h.stage, h.text) for h in leg.hops if h.stage in ("route", "neigh", "xmit")]
     pod3_mac = lab.netns_of_pod(pod3).links["eth0"].mac
-    wanted = [
+    assert_hops(hops(leg), [
         (ns1, "route", f"{dst} via 169.254.1.1 dev eth0"),                                   # 1.
         (ns1, "neigh", f"169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy_arp on {WORKER} {veth1}"),  # 2.
         (ns1, "xmit", f"out eth0 (veth) -> {veth1} in {WORKER}"),
@@ -156,10 +142,7 @@ def test_day_in_the_life_of_a_packet(lab):
         (CONTROL, "neigh", f"who-has {dst} on {veth3}? {dst} is-at {pod3_mac}"),
         (CONTROL, "xmit", f"out {veth3} (veth) -> eth0 in {ns3}"),
         (ns3, "route", f"local {dst}"),                                                      # 5.
-    ]
-    assert len(steps) == len(wanted), steps
-    for (ns, stage, text), (w_ns, w_stage, w_text) in zip(steps, wanted):
-        assert (ns, stage) == (w_ns, w_stage) and w_text in text, (ns, stage, text)
+    ])
 
 
 def test_the_reply_comes_back_through_its_own_proxy_arp(lab):
@@ -168,11 +151,9 @@ def test_the_reply_comes_back_through_its_own_proxy_arp(lab):
     pod1 = tshoot(lab, WORKER)
     web = next(p for p in lab.cluster.pods if p.name.startswith("web-") and p.node_name == WORKER2)
     worker = lab.cluster.node(WORKER)
-    src, to, _ = resolve_endpoints(lab, f"pod/{pod1.name}", f"pod/{web.name}:80", "tcp")
-    result = trace(lab.state, build_request(src, to, "tcp", 40000, 84, True, None, None))
-    branch = result.branches[0]
+    branch = walk(lab, f"pod/{pod1.name}", f"pod/{web.name}:80").branches[0]
     assert branch.forward.outcome.result == "delivered" and branch.forward.outcome.ns == lab.pod_ns[web.key]
-    back = [(h.ns, h.stage, h.text) for h in branch.reply.hops if h.stage in ("route", "neigh", "xmit")]
+    back = hops(branch.reply)
     wns, vweb = lab.pod_ns[web.key], host_veth(lab, web)
     assert back[:4] == [
         (wns, "route", f"{pod1.pod_ip} via 169.254.1.1 dev eth0 src {web.pod_ip} uid 0"),
@@ -204,8 +185,7 @@ def test_snat_for_traffic_leaving_the_cluster(lab):
 
     pod = tshoot(lab, WORKER)
     worker = lab.cluster.node(WORKER)
-    src, to, _ = resolve_endpoints(lab, f"pod/{pod.name}", "1.1.1.1:443", "tcp")
-    branch = trace(lab.state, build_request(src, to, "tcp", 40000, 84, True, None, None)).branches[0]
+    branch = walk(lab, f"pod/{pod.name}", "1.1.1.1:443").branches[0]
     assert branch.forward.outcome.delivered and branch.reply.outcome.delivered
     masq = [h for h in branch.forward.hops if h.ns == WORKER and h.stage == "nat"]
     assert len(masq) == 1 and f"source {pod.pod_ip}:40000 -> {worker.internal_ip}:40000" in masq[0].text
@@ -213,8 +193,7 @@ def test_snat_for_traffic_leaving_the_cluster(lab):
     assert rule and "MASQUERADE" in rule[0].text
     # pod -> pod stays unNATed: the destination is in cali40all-ipam-pools
     other = tshoot(lab, CONTROL)
-    src, to, _ = resolve_endpoints(lab, f"pod/{pod.name}", f"pod/{other.name}", "icmp")
-    leg = trace(lab.state, build_request(src, to, "icmp", 40000, 84, False, None, None)).branches[0].forward
+    leg = walk(lab, f"pod/{pod.name}", f"pod/{other.name}", "icmp", reply=False).branches[0].forward
     assert not [h for h in leg.hops if h.stage == "nat"] and leg.outcome.packet.src == pod.pod_ip
 
 

@@ -13,20 +13,18 @@ import pytest
 from click.testing import CliRunner
 
 from podnet.cli.main import cli
-from podnet.cli.trace import build_request
 from podnet.cluster import Cluster
 from podnet.cni.spec import NetworkConfigList
-from podnet.dataplane import build_dataplane, resolve_endpoints
+from podnet.dataplane import build_dataplane
 from podnet.linux import render
 from podnet.linux.netfilter import Packet
 from podnet.linux.routing import route_get
 from podnet.sim.runtime import Runtime
-from podnet.sim.trace import trace
 from podnet.sim.walk import Walker
 
 from conftest import GUIDE_LAB, REFERENCE
+from helpers import CONTROL, WORKER, WORKER2, assert_hops, hops, host_veth, tshoot, walk_one
 
-CONTROL, WORKER, WORKER2 = "k8s-guide-control-plane", "k8s-guide-worker", "k8s-guide-worker2"
 CHAPTER = (REFERENCE / "guide" / "cni-flannel.md").read_text()
 ip = ipaddress.ip_address
 
@@ -39,14 +37,6 @@ def vxlan():
 @pytest.fixture(scope="module")
 def hostgw():
     return build_dataplane(Cluster.load([GUIDE_LAB], cni="flannel", cni_mode="host-gw"))
-
-
-def tshoot(dp, node: str):
-    return next(p for p in dp.cluster.pods if p.name.startswith("net-tshoot-") and p.node_name == node)
-
-
-def host_veth(dp, pod) -> str:
-    return dp.netns_of_pod(pod).links["eth0"].peer[1]
 
 
 def vtep_mac(dp, node: str) -> str:
@@ -182,14 +172,7 @@ def test_render_command(vxlan):
 
 # ============================================================================ a day in the life of a packet
 
-def _steps(leg):
-    return [(h.ns, h.stage, h.text) for h in leg.hops if h.stage in ("route", "neigh", "xmit", "bridge", "vxlan")]
-
-
-def _match(steps, wanted):
-    assert len(steps) == len(wanted), "\n".join(map(str, steps))
-    for (ns, stage, text), (w_ns, w_stage, w_text) in zip(steps, wanted):
-        assert (ns, stage) == (w_ns, w_stage) and w_text in text, (ns, stage, text, w_text)
+STAGES = ("route", "neigh", "xmit", "bridge", "vxlan")
 
 
 def test_day_in_the_life_of_a_packet(vxlan):
@@ -215,12 +198,9 @@ def test_day_in_the_life_of_a_packet(vxlan):
     assert route_get(vxlan.node_netns(CONTROL), dst).text() == f"{dst} dev cni0 src {vtep3 + 1} uid 0"
     assert route_get(vxlan.netns_of_pod(pod3), dst).text() == f"local {dst} dev lo src {dst} uid 0"
 
-    src, to, _ = resolve_endpoints(vxlan, f"pod/{pod1.name}", f"pod/{pod3.name}", "icmp")
-    result = trace(vxlan.state, build_request(src, to, "icmp", 40000, 84, True, None, None))
-    assert len(result.branches) == 1
-    leg = result.branches[0].forward
+    leg = walk_one(vxlan, f"pod/{pod1.name}", f"pod/{pod3.name}", "icmp").forward
     assert leg.outcome.result == "answered" and leg.outcome.ns == n3
-    _match(_steps(leg), [
+    assert_hops(hops(leg, STAGES), [
         (n1, "route", f"{dst} via {gw1} dev eth0"),                                          # 1.
         (n1, "neigh", f"{gw1} is-at {vxlan.node_netns(WORKER).links['cni0'].mac}"),
         (n1, "xmit", f"out eth0 (veth) -> {veth1} in {WORKER}"),
@@ -252,7 +232,7 @@ def test_day_in_the_life_of_a_packet(vxlan):
     back = Walker(vxlan.state, walker.rt)
     answer = back.reply(outcome)
     assert answer.delivered and answer.ns == n1
-    _match(_steps(type("Leg", (), {"hops": back.hops})), [
+    assert_hops(hops(back.hops, STAGES), [
         (n3, "route", f"{pod1.pod_ip} via {vtep3 + 1} dev eth0"),
         (n3, "neigh", f"{vtep3 + 1} is-at"),
         (n3, "xmit", f"out eth0 (veth) -> {veth3} in {CONTROL}"),
@@ -277,9 +257,7 @@ def test_tcp_reply_path_to_a_web_pod(vxlan):
     """A connection and its answer across the overlay: the reply leg comes back through both VTEPs."""
     client = tshoot(vxlan, CONTROL)
     web = next(p for p in vxlan.cluster.pods_on(WORKER2) if p.name.startswith("web-"))
-    src, to, _ = resolve_endpoints(vxlan, f"pod/{client.name}", f"pod/{web.name}:80", "tcp")
-    result = trace(vxlan.state, build_request(src, to, "tcp", 40000, 84, True, None, None))
-    (branch,) = result.branches
+    branch = walk_one(vxlan, f"pod/{client.name}", f"pod/{web.name}:80")
     assert branch.forward.outcome.result == "delivered" and branch.forward.outcome.ns == vxlan.pod_ns[web.key]
     assert branch.reply.outcome.delivered and branch.reply.outcome.ns == vxlan.pod_ns[client.key]
     encaps = [(h.ns, h.text.split(";")[0]) for h in branch.forward.hops + branch.reply.hops if h.stage == "vxlan"
@@ -313,8 +291,7 @@ def test_snat_rules_have_the_chapters_shape(vxlan):
 
 def test_pod_to_internet_is_masqueraded_to_the_node(vxlan):
     pod = tshoot(vxlan, WORKER)
-    src, to, _ = resolve_endpoints(vxlan, f"pod/{pod.name}", "1.1.1.1:443", "tcp")
-    (branch,) = trace(vxlan.state, build_request(src, to, "tcp", 40000, 84, True, None, None)).branches
+    branch = walk_one(vxlan, f"pod/{pod.name}", "1.1.1.1:443")
     nat = [h for h in branch.forward.hops if h.stage == "nat" and h.ns == WORKER]
     assert len(nat) == 1 and f"source {pod.pod_ip}:40000 -> 172.18.0.3:40000" in nat[0].text
     post = next(h for h in branch.forward.hops if h.ns == WORKER and h.stage == "POSTROUTING")
@@ -346,11 +323,10 @@ def test_host_gw_day_in_the_life(hostgw):
     dst = pod3.pod_ip
     assert route_get(hostgw.node_netns(WORKER), dst).text() == \
         f"{dst} via {control.internal_ip} dev eth0 src 172.18.0.3 uid 0"
-    src, to, _ = resolve_endpoints(hostgw, f"pod/{pod1.name}", f"pod/{pod3.name}", "icmp")
-    (branch,) = trace(hostgw.state, build_request(src, to, "icmp", 40000, 84, True, None, None)).branches
+    branch = walk_one(hostgw, f"pod/{pod1.name}", f"pod/{pod3.name}", "icmp")
     n1, n3 = hostgw.pod_ns[pod1.key], hostgw.pod_ns[pod3.key]
     veth1, veth3 = host_veth(hostgw, pod1), host_veth(hostgw, pod3)
-    _match(_steps(branch.forward), [
+    assert_hops(hops(branch.forward, STAGES), [
         (n1, "route", f"{dst} via 10.244.1.1 dev eth0"),
         (n1, "neigh", "10.244.1.1 is-at"),
         (n1, "xmit", f"-> {veth1} in {WORKER}"),

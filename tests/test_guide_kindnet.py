@@ -1,10 +1,6 @@
 """The guide's kindnet chapter (reference/guide/cni-kindnet.md) on podnet's build of its lab:
 the shapes its commands show, and "a day in the life of a packet" as `podnet trace` walks it.
-
-The lab runs kube-proxy in iptables mode. Until podnet's kube-proxy renderer is
-available the lab is built without a service proxy (the CNI's part is the same);
-without the iptables engine the nodes' netfilter rules are left out. Both switch
-on by themselves when the modules are there.
+The lab runs kube-proxy in iptables mode.
 """
 
 import ipaddress
@@ -12,50 +8,19 @@ import re
 
 import pytest
 
-from podnet.cli.trace import build_request
 from podnet.cluster import Cluster
 from podnet.cni.spec import NetworkConfigList
-from podnet.dataplane import build_dataplane, resolve_endpoints
-from podnet.errors import PodnetError
+from podnet.dataplane import build_dataplane
 from podnet.linux import render
 from podnet.linux.routing import route_get
-from podnet.sim.trace import trace
 
 from conftest import GUIDE_LAB, REFERENCE
-
-CONTROL, WORKER, WORKER2 = "k8s-guide-control-plane", "k8s-guide-worker", "k8s-guide-worker2"
-
-
-def _iptables_engine() -> bool:
-    try:
-        import podnet.linux.iptables  # noqa: F401
-    except Exception:
-        return False
-    return True
+from helpers import CONTROL, WORKER, WORKER2, assert_hops, hops, host_veth, tshoot, walk_one
 
 
 @pytest.fixture(scope="module")
 def lab():
-    try:
-        dp = build_dataplane(Cluster.load([GUIDE_LAB]))
-    except PodnetError as e:            # the service proxy is not there yet
-        if "not available yet" not in str(e):
-            raise
-        dp = build_dataplane(Cluster.load([GUIDE_LAB], proxy_mode="none"))
-    if not _iptables_engine():
-        for ns in dp.state.namespaces.values():
-            ns.iptables = ns.ip6tables = ""
-            ns.invalidate()
-    return dp
-
-
-def tshoot(dp, node: str):
-    return next(p for p in dp.cluster.pods if p.name.startswith("net-tshoot-") and p.node_name == node)
-
-
-def host_veth(dp, pod) -> str:
-    ns = dp.netns_of_pod(pod)
-    return ns.links["eth0"].peer[1]
+    return build_dataplane(Cluster.load([GUIDE_LAB]))
 
 
 def test_the_chapter_is_the_reference():
@@ -138,13 +103,10 @@ def test_day_in_the_life_of_a_packet(lab):
     assert route_get(lab.node_netns(CONTROL), dst).text() == f"{dst} dev {veth3} src {gw3} uid 0"
     assert route_get(lab.netns_of_pod(pod3), dst).text() == f"local {dst} dev lo src {dst} uid 0"
 
-    src, to, _ = resolve_endpoints(lab, f"pod/{pod1.name}", f"pod/{pod3.name}", "icmp")
-    result = trace(lab.state, build_request(src, to, "icmp", 40000, 84, True, None, None))
-    assert len(result.branches) == 1
-    leg = result.branches[0].forward
+    branch = walk_one(lab, f"pod/{pod1.name}", f"pod/{pod3.name}", "icmp")
+    leg = branch.forward
     assert leg.outcome.result == "answered" and leg.outcome.ns == lab.pod_ns[pod3.key]
-    steps = [(h.ns, h.stage, h.text) for h in leg.hops if h.stage in ("route", "xmit")]
-    wanted = [
+    assert_hops(hops(leg, ("route", "xmit")), [
         (lab.pod_ns[pod1.key], "route", f"{dst} via {gw1} dev eth0"),                       # 1. pod route via .1
         (lab.pod_ns[pod1.key], "xmit", f"out eth0 (veth) -> {host_veth(lab, pod1)} in {WORKER}"),
         (WORKER, "route", f"via {control.internal_ip} dev eth0"),                           # 2. the worker's route
@@ -152,12 +114,9 @@ def test_day_in_the_life_of_a_packet(lab):
         (CONTROL, "route", f"{dst} from {pod1.pod_ip} dev {veth3}"),                        # 4. to the pod's veth
         (CONTROL, "xmit", f"out {veth3} (veth) -> eth0 in {lab.pod_ns[pod3.key]}"),
         (lab.pod_ns[pod3.key], "route", f"local {dst}"),                                    # 5. local delivery
-    ]
-    assert len(steps) == len(wanted)
-    for (ns, stage, text), (w_ns, w_stage, w_text) in zip(steps, wanted):
-        assert (ns, stage) == (w_ns, w_stage) and w_text in text, (ns, stage, text)
+    ])
     # the reply comes back the same way
-    assert result.branches[0].reply is None or result.branches[0].reply.outcome.delivered
+    assert branch.reply is None or branch.reply.outcome.delivered
 
 
 def test_intra_node_pod_to_pod_goes_via_the_gateway(lab):

@@ -8,17 +8,15 @@ import re
 
 import pytest
 
-from podnet.cli.trace import build_request
 from podnet.cluster import Cluster
 from podnet.cni.spec import NetworkConfigList
-from podnet.dataplane import build_dataplane, resolve_endpoints
+from podnet.dataplane import build_dataplane
 from podnet.linux import render
 from podnet.linux.routing import route_get
-from podnet.sim.trace import trace
 
 from conftest import GUIDE_LAB, REFERENCE
+from helpers import CONTROL, WORKER, WORKER2, guide_inputs, tshoot, walk_one
 
-CONTROL, WORKER, WORKER2 = "k8s-guide-control-plane", "k8s-guide-worker", "k8s-guide-worker2"
 RANGE = ipaddress.ip_network("10.32.0.0/12")
 
 
@@ -30,27 +28,12 @@ def lab():
 @pytest.fixture(scope="module")
 def partial(tmp_path_factory):
     """The demo: `iptables -I FORWARD -s $IP_WORKER1 -d $IP_WORKER2 -j DROP` on the docker host."""
-    d = tmp_path_factory.mktemp("partial")
-    for f in GUIDE_LAB.glob("*.yaml"):
-        (d / f.name).write_text(f.read_text())
-    (d / "podnet.yaml").write_text("apiVersion: podnet.dev/v1alpha1\nkind: PodnetConfig\ncni: {plugin: weave}\n"
-                                   f"nodeNetwork: {{unreachable: [[{WORKER}, {WORKER2}]]}}\n")
-    return d
-
-
-def tshoot(dp, node: str):
-    return next(p for p in dp.cluster.pods if p.name.startswith("net-tshoot-") and p.node_name == node)
+    return guide_inputs(tmp_path_factory.mktemp("partial"),
+                        config=f"cni: {{plugin: weave}}\nnodeNetwork: {{unreachable: [[{WORKER}, {WORKER2}]]}}\n")
 
 
 def bridge_ip(dp, node: str):
     return dp.node_netns(node).links["weave"].addresses[0].ip
-
-
-def walk(dp, src: str, dst: str, proto: str = "icmp"):
-    s, d, _ = resolve_endpoints(dp, src, dst, proto)
-    result = trace(dp.state, build_request(s, d, proto, 40000, 84, True, None, None, dp.state))
-    assert len(result.branches) == 1
-    return result.branches[0]
 
 
 def test_the_chapter_is_the_reference():
@@ -125,7 +108,7 @@ def test_day_in_the_life_of_a_packet(lab):
     assert f"{mac3} dev vethwe-bridge master weave static" in fdb_worker
     assert f"{mac3} dev {veth3} master weave static" in fdb_control
 
-    branch = walk(lab, f"pod/{pod1.name}", f"pod/{pod3.name}")
+    branch = walk_one(lab, f"pod/{pod1.name}", f"pod/{pod3.name}", "icmp")
     leg = branch.forward
     assert leg.outcome.result == "answered" and leg.outcome.ns == ns3
     steps = [(h.ns, h.stage, h.text) for h in leg.hops if h.stage in ("route", "neigh", "bridge", "vxlan", "xmit")]
@@ -155,7 +138,7 @@ def test_day_in_the_life_of_a_packet(lab):
     # a TCP answer (the kernel answers the ping itself) comes back over the same devices, the other
     # way round: Pod-1 asks the DNS server on the control plane
     dns = next(p for p in lab.cluster.pods_on(CONTROL) if p.name.startswith("coredns-"))
-    branch = walk(lab, f"pod/{pod1.name}", f"pod/{dns.name}:53", "tcp")
+    branch = walk_one(lab, f"pod/{pod1.name}", f"pod/{dns.name}:53")
     assert branch.forward.outcome.delivered and branch.reply.outcome.delivered
     back = [(h.ns, h.stage, h.text) for h in branch.reply.hops if h.stage in ("bridge", "vxlan")]
     mac1 = lab.netns_of_pod(pod1).links["eth0"].mac
@@ -184,7 +167,7 @@ def test_snat_chain_as_weave_writes_it(lab):
 def test_pod_to_internet_is_masqueraded_by_the_weave_chain(lab):
     """Stage 1: via the bridge's address and the node's default route; stage 2: WEAVE's last rule."""
     pod = tshoot(lab, WORKER)
-    branch = walk(lab, f"pod/{pod.name}", "1.1.1.1:443", "tcp")
+    branch = walk_one(lab, f"pod/{pod.name}", "1.1.1.1:443")
     hops = branch.forward.hops
     assert hops[0].text.startswith(f"1.1.1.1 via {bridge_ip(lab, WORKER)} dev eth0")
     masq = next(h for h in hops if h.stage == "nat" and h.ns == WORKER)
@@ -196,8 +179,7 @@ def test_pod_to_internet_is_masqueraded_by_the_weave_chain(lab):
 
 def test_traffic_to_local_pods_is_not_masqueraded(tmp_path):
     """weaver-no-masq-local: an external client reaching a local pod (NodePort, Local) keeps its address."""
-    for f in GUIDE_LAB.glob("*.yaml"):
-        (tmp_path / f.name).write_text(f.read_text())
+    guide_inputs(tmp_path)
     (tmp_path / "svc.yaml").write_text("""
 apiVersion: v1
 kind: Service
@@ -210,7 +192,7 @@ spec:
 """)
     dp = build_dataplane(Cluster.load([tmp_path], cni="weave"))
     web = next(p for p in dp.cluster.pods if p.name.startswith("web-") and p.node_name == WORKER)
-    branch = walk(dp, "ip/203.0.113.254", f"{dp.cluster.node(WORKER).internal_ip}:30081", "tcp")
+    branch = walk_one(dp, "ip/203.0.113.254", f"{dp.cluster.node(WORKER).internal_ip}:30081")
     leg = branch.forward
     assert leg.outcome.delivered and leg.outcome.ns == dp.pod_ns[web.key]
     assert str(leg.outcome.packet.src) == "203.0.113.254"         # the client's own address
@@ -223,7 +205,7 @@ def test_partial_connectivity_is_relayed_by_the_control_plane(partial):
     dp = build_dataplane(Cluster.load([partial]))
     pod1, pod2 = tshoot(dp, WORKER), tshoot(dp, WORKER2)
     ips = {n.name: str(n.internal_ip) for n in dp.cluster.nodes}
-    branch = walk(dp, f"pod/{pod1.name}", f"pod/{pod2.name}")       # the demo's ping
+    branch = walk_one(dp, f"pod/{pod1.name}", f"pod/{pod2.name}", "icmp")       # the demo's ping
     leg = branch.forward
     assert leg.outcome.result == "answered" and leg.outcome.ns == dp.pod_ns[pod2.key]
     # the encapsulations on the wire: worker -> control-plane, control-plane -> worker2, as the tcpdump shows
@@ -237,7 +219,7 @@ def test_partial_connectivity_is_relayed_by_the_control_plane(partial):
     assert nodes_visited.index(CONTROL) < nodes_visited.index(WORKER2)
     # ... and a connection's answers the same way back
     web = next(p for p in dp.cluster.pods if p.name.startswith("web-") and p.node_name == WORKER2)
-    branch = walk(dp, f"pod/{pod1.name}", f"pod/{web.name}:80", "tcp")
+    branch = walk_one(dp, f"pod/{pod1.name}", f"pod/{web.name}:80")
     assert branch.forward.outcome.delivered and branch.reply.outcome.delivered
     back = [h.ns for h in branch.reply.hops if h.stage == "vxlan" and "encapsulate" in h.text]
     assert back == [WORKER2, CONTROL]
@@ -246,7 +228,7 @@ def test_partial_connectivity_is_relayed_by_the_control_plane(partial):
 def test_the_cut_is_real(partial):
     """Without weave's relay (kindnet routes straight to the peer) the same ping dies at the cut."""
     dp = build_dataplane(Cluster.load([partial], cni="kindnet"))
-    leg = walk(dp, f"pod/{tshoot(dp, WORKER).name}", f"pod/{tshoot(dp, WORKER2).name}").forward
+    leg = walk_one(dp, f"pod/{tshoot(dp, WORKER).name}", f"pod/{tshoot(dp, WORKER2).name}", "icmp").forward
     assert leg.outcome.result == "dropped" and leg.outcome.ns == WORKER
     # and weave never sends to the cut-off peer directly, not even broadcasts
     wdp = build_dataplane(Cluster.load([partial]))

@@ -8,8 +8,6 @@ the host's namespace before and after).
 import ipaddress
 import json
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,30 +19,12 @@ import pytest
 from podnet.errors import PodnetError
 from podnet.lab import client, nsutil
 from podnet.lab.apply import LabError
-from podnet.lab.lab import ETC_NETNS, LABS_DIR, Lab, ipvs_available
+from podnet.lab.lab import LABS_DIR, Lab, ipvs_available
 
-from conftest import GUIDE_LAB, ROOT
+from conftest import ROOT
+from helpers import NODEPORTS, guide_inputs, lab_name, leftovers, wait_clean
 
 pytestmark = pytest.mark.netns
-
-NODEPORTS = """
-apiVersion: v1
-kind: Service
-metadata: {name: web-np, namespace: default}
-spec:
-  type: NodePort
-  selector: {app: web}
-  ports: [{port: 80, nodePort: 30080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web-local, namespace: default}
-spec:
-  type: NodePort
-  externalTrafficPolicy: Local
-  selector: {app: web}
-  ports: [{port: 80, nodePort: 30081}]
-"""
 
 # what a CNI needs besides the guide's inputs: weave allocates from its own IPALLOC_RANGE
 # (10.32.0.0/12), so kube-proxy's cluster CIDR is set to match, as weave's docs tell kubeadm
@@ -65,52 +45,6 @@ CONFIGS = [
     ("calico", "vxlan", "iptables"), ("calico", "vxlan", "nftables"), ("calico", "vxlan-crosssubnet", "iptables"),
     ("weave", None, "iptables"), ("weave", None, "nftables"),
 ]
-
-
-def lab_name(tag: str = "t") -> str:
-    return f"pt{tag}{secrets.token_hex(3)}"
-
-
-def guide_inputs(directory: Path, extra: str = NODEPORTS) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for f in GUIDE_LAB.glob("*.yaml"):
-        shutil.copy(f, directory / f.name)
-    if extra:
-        (directory / "extra.yaml").write_text(extra)
-    return directory
-
-
-def leftovers(name: str) -> list[str]:
-    """Anything of lab `name` still on the machine."""
-    out = [f"netns {n}" for n in nsutil.list_netns() if n.startswith(name + "-")]
-    if ETC_NETNS.is_dir():
-        out += [f"/etc/netns/{n}" for n in os.listdir(ETC_NETNS) if n.startswith(name + "-")]
-    for p in (LABS_DIR / f"{name}.json", LABS_DIR / name):
-        if p.exists():
-            out.append(str(p))
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if (f"/labs/{name}/" in cmd or f"guard {name} " in cmd) and int(pid) != os.getpid():
-                try:
-                    state = open(f"/proc/{pid}/stat").read().split(") ", 1)[1][:1]
-                except OSError:
-                    continue
-                if state != "Z":
-                    out.append(f"process {pid}: {cmd[:80]}")
-    return out
-
-
-def wait_clean(name: str, seconds: float = 15) -> list[str]:
-    deadline = time.monotonic() + seconds
-    left = leftovers(name)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = leftovers(name)
-    return left
 
 
 def bring_up(name, inputs, **kwargs) -> Lab:
@@ -267,7 +201,7 @@ def host_view() -> dict:
 def test_up_down_leaves_nothing_and_never_touches_the_host(tmp_path):
     before = host_view()
     name = lab_name("d")
-    inputs = guide_inputs(tmp_path / "in")
+    inputs = guide_inputs(tmp_path / "in", extra=NODEPORTS)
     lab = Lab(name)
     try:
         lab = bring_up(name, inputs)

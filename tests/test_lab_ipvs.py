@@ -7,43 +7,26 @@ Every lab gets a random name and is removed in `finally`.
 
 from __future__ import annotations
 
-import secrets
-import shutil
 import subprocess
 import sys
 
 import pytest
 
 from podnet.lab import client, nsutil
-from podnet.lab.lab import LABS_DIR, Lab, ipvs_available
+from podnet.lab.lab import Lab, ipvs_available
 
-from conftest import GUIDE_LAB, ROOT
+from conftest import ROOT
+from helpers import guide_inputs, lab_name, leftovers, wait_clean
 
 pytestmark = pytest.mark.netns
 
 
-def lab_name() -> str:
-    return f"pti{secrets.token_hex(3)}"
-
-
-def inputs(directory):
-    directory.mkdir(parents=True, exist_ok=True)
-    for f in GUIDE_LAB.glob("*.yaml"):
-        shutil.copy(f, directory / f.name)
-    return directory
-
-
-def leftovers(name: str) -> list[str]:
-    out = [n for n in nsutil.list_netns() if n.startswith(name + "-")]
-    return out + [str(p) for p in (LABS_DIR / f"{name}.json", LABS_DIR / name) if p.exists()]
-
-
 @pytest.mark.skipif(ipvs_available(), reason="this kernel has IPVS")
 def test_lab_up_in_ipvs_mode_says_the_kernel_lacks_ipvs(tmp_path):
-    name = lab_name()
+    name = lab_name("i")
     try:
         proc = subprocess.run([sys.executable, "-m", "podnet", "lab", "up", "-q", "--name", name,
-                               "--proxy-mode", "ipvs", "-f", str(inputs(tmp_path / "in"))],
+                               "--proxy-mode", "ipvs", "-f", str(guide_inputs(tmp_path / "in"))],
                               capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert proc.returncode != 0
         lines = proc.stderr.strip().splitlines()
@@ -58,10 +41,10 @@ def test_lab_up_in_ipvs_mode_says_the_kernel_lacks_ipvs(tmp_path):
 
 @pytest.mark.skipif(not ipvs_available(), reason="this kernel lacks IPVS (no ip_vs module)")
 def test_ipvs_mode_for_real_curl_reaches_both_web_pods(tmp_path):
-    name = lab_name()
+    name = lab_name("i")
     lab = Lab(name)
     try:
-        rec = lab.up([str(inputs(tmp_path / "in"))], proxy_mode="ipvs")
+        rec = lab.up([str(guide_inputs(tmp_path / "in"))], proxy_mode="ipvs")
         assert rec["proxy_mode"] == "ipvs"
         _, dp = lab.render(lab.record["inputs"], lab.record["overrides"])
         vip = str(dp.cluster.service("web").cluster_ip)
@@ -88,4 +71,4 @@ def test_ipvs_mode_for_real_curl_reaches_both_web_pods(tmp_path):
     finally:
         if lab.exists():
             lab.down()
-    assert leftovers(name) == []
+    assert wait_clean(name, 5) == []

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import secrets
 import subprocess
 import sys
 
@@ -23,7 +22,7 @@ from podnet.linux.netfilter import Packet
 from podnet.sim.trace import TraceRequest, trace
 
 from conftest import ROOT
-from test_lab import wait_clean
+from helpers import lab_name, wait_clean
 from test_policy_enforce import KIND, THREE_TIER_EXTRAS
 from test_policy_semantics import THREE_TIERS
 
@@ -44,7 +43,7 @@ def test_three_tiers_in_the_lab(tmp_path):
     inputs.mkdir()
     (inputs / "kind.yaml").write_text(KIND)
     (inputs / "shop.yaml").write_text(THREE_TIERS + THREE_TIER_EXTRAS)
-    name = f"ptpol{secrets.token_hex(3)}"
+    name = lab_name("pol")
     lab = Lab(name)
     try:
         lab.up([str(inputs)], proxy_mode="iptables")

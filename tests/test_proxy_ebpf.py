@@ -10,14 +10,13 @@ import re
 import pytest
 
 from podnet import Cluster
-from podnet.cli.trace import build_request
-from podnet.dataplane import build_dataplane, resolve_endpoints
+from podnet.dataplane import build_dataplane
 from podnet.linux.state import LB_SCOPE_EXT, LB_SCOPE_INT, LBKey
 from podnet.proxy import ebpf
 from podnet.sim import bpf_lb
-from podnet.sim.trace import trace
 
 from conftest import GUIDE_LAB, run_podnet
+from helpers import walk
 from test_proxy_model import oracle_objects, view_of
 
 ip = ipaddress.ip_address
@@ -66,12 +65,6 @@ def guide_lab(tmp_path, mode="ebpf", extra: str = NODEPORTS, config: str = ""):
         (tmp_path / "podnet.yaml").write_text(config)
         paths.append(tmp_path / "podnet.yaml")
     return build_dataplane(Cluster.load(paths, proxy_mode=mode))
-
-
-def run_trace(dp, source, destination, protocol="tcp", seed=None, picks=None):
-    src, dst, _ = resolve_endpoints(dp, source, destination, protocol)
-    req = build_request(src, dst, protocol, 40000, 84, True, seed, picks)
-    return trace(dp.state, req)
 
 
 def node_ip(dp, name):
@@ -238,13 +231,13 @@ def test_cli_trace_first_packet_already_addressed_to_the_pod():
 def test_host_and_udp_use_the_socket_hooks(tmp_path):
     dp = guide_lab(tmp_path)
     # the node's own processes: the programs hang off the root cgroup
-    result = run_trace(dp, "node/k8s-guide-worker2", "svc/web:80", seed=1)
+    result = walk(dp, "node/k8s-guide-worker2", "svc/web:80", seed=1)
     hops = result.branches[0].forward.hops
     assert hops[0].stage == "socket-lb" and hops[0].ns == "k8s-guide-worker2"
     assert result.branches[0].reply.outcome.delivered
     # DNS over UDP: sendmsg4 on the way out, recvmsg4 for the answer
     dns = dp.cluster.service("kube-dns")
-    result = run_trace(dp, "pod/net-tshoot-4lgv2", f"{dns.cluster_ip}:53/udp", protocol="udp", seed=2)
+    result = walk(dp, "pod/net-tshoot-4lgv2", f"{dns.cluster_ip}:53/udp", "udp", seed=2)
     branch = result.branches[0]
     assert "cgroup/sendmsg4" in branch.forward.hops[0].text
     assert branch.forward.outcome.delivered
@@ -254,7 +247,7 @@ def test_host_and_udp_use_the_socket_hooks(tmp_path):
 
 def test_service_without_backends_fails_connect(tmp_path):
     dp = guide_lab(tmp_path)
-    result = run_trace(dp, "pod/net-tshoot-4lgv2", "svc/nobody:80")
+    result = walk(dp, "pod/net-tshoot-4lgv2", "svc/nobody:80")
     out = result.branches[0].forward
     assert out.outcome.result == "rejected" and "EHOSTUNREACH" in out.outcome.reason
     assert len(out.hops) == 2 and out.hops[0].stage == "socket-lb"     # nothing left the pod
@@ -265,7 +258,7 @@ def test_nodeport_from_outside_at_tc_with_snat(tmp_path):
     the backend is elsewhere (the extra hop); the answer comes back the same way."""
     dp = guide_lab(tmp_path)
     cp = node_ip(dp, "k8s-guide-control-plane")
-    result = run_trace(dp, "ip/198.51.100.7", f"{cp}:30080")
+    result = walk(dp, "ip/198.51.100.7", f"{cp}:30080")
     assert len(result.branches) == 2
     for branch in result.branches:
         fwd = branch.forward
@@ -285,7 +278,7 @@ def test_load_balancer_ip_from_outside_at_tc(tmp_path):
     dp = guide_lab(tmp_path)
     svc = dp.cluster.service("web-lb")
     vip = svc.lb_ips[0]
-    result = run_trace(dp, "ip/198.51.100.7", "lb/web-lb:80")
+    result = walk(dp, "ip/198.51.100.7", "lb/web-lb:80")
     assert len(result.branches) == 2
     for branch in result.branches:
         tc = [h for h in branch.forward.hops if h.stage == "tc-ingress"]
@@ -294,7 +287,7 @@ def test_load_balancer_ip_from_outside_at_tc(tmp_path):
         reply = branch.reply.outcome
         assert reply.delivered and (reply.packet.src, reply.packet.sport) == (vip, 80)
     # from inside the cluster the socket hook takes the VIP: no packet carries it
-    branch = run_trace(dp, "pod/net-tshoot-4lgv2", "lb/web-lb:80", seed=1).branches[0]
+    branch = walk(dp, "pod/net-tshoot-4lgv2", "lb/web-lb:80", seed=1).branches[0]
     assert branch.forward.hops[0].stage == "socket-lb" and "[LoadBalancer]" in branch.forward.hops[0].text
     assert all(f"-> {vip}:" not in h.packet for h in branch.forward.hops[1:] if h.packet)
 
@@ -302,7 +295,7 @@ def test_load_balancer_ip_from_outside_at_tc(tmp_path):
 def test_external_traffic_policy_local_keeps_client_ip_and_drops_without_endpoint(tmp_path):
     dp = guide_lab(tmp_path)
     worker = node_ip(dp, "k8s-guide-worker")
-    result = run_trace(dp, "ip/198.51.100.7", f"{worker}:30081")
+    result = walk(dp, "ip/198.51.100.7", f"{worker}:30081")
     assert len(result.branches) == 1                     # only the local backend
     fwd = result.branches[0].forward
     assert fwd.outcome.delivered and fwd.outcome.node == "k8s-guide-worker"
@@ -311,11 +304,11 @@ def test_external_traffic_policy_local_keeps_client_ip_and_drops_without_endpoin
     assert "client address 198.51.100.7 is kept" in next(h.text for h in fwd.hops if h.stage == "tc-ingress")
     assert result.branches[0].reply.outcome.delivered
     cp = node_ip(dp, "k8s-guide-control-plane")
-    result = run_trace(dp, "ip/198.51.100.7", f"{cp}:30081")
+    result = walk(dp, "ip/198.51.100.7", f"{cp}:30081")
     out = result.branches[0].forward.outcome
     assert out.result == "dropped" and "DROP_NO_SERVICE" in out.reason and out.node == "k8s-guide-control-plane"
     # from inside the cluster the same NodePort uses the internal scope: every backend
-    result = run_trace(dp, "pod/net-tshoot-4s4gm", f"{cp}:30081")
+    result = walk(dp, "pod/net-tshoot-4s4gm", f"{cp}:30081")
     assert len(result.branches) == 2 and all(b.forward.outcome.delivered for b in result.branches)
     assert all("/i (0)" in b.forward.hops[0].text for b in result.branches)
 
@@ -323,7 +316,7 @@ def test_external_traffic_policy_local_keeps_client_ip_and_drops_without_endpoin
 def test_pod_to_another_nodes_nodeport_translated_at_the_socket(tmp_path):
     dp = guide_lab(tmp_path)
     w2 = node_ip(dp, "k8s-guide-worker2")
-    result = run_trace(dp, "pod/net-tshoot-4lgv2", f"{w2}:30080", seed=5)
+    result = walk(dp, "pod/net-tshoot-4lgv2", f"{w2}:30080", seed=5)
     hops = result.branches[0].forward.hops
     assert hops[0].stage == "socket-lb" and "wildcard lookup" in hops[0].text
     assert "0.0.0.0:30080/TCP (0)" in hops[0].text
@@ -337,13 +330,13 @@ def test_node_without_the_agent_does_not_translate(tmp_path):
     dp = guide_lab(tmp_path, config=config)
     assert dp.state.netns("k8s-guide-control-plane").socket_lb is None
     assert dp.state.netns("k8s-guide-worker").socket_lb is not None
-    result = run_trace(dp, "pod/net-tshoot-4s4gm", "svc/web:80")
+    result = walk(dp, "pod/net-tshoot-4s4gm", "svc/web:80")
     out = result.branches[0].forward
     assert not any(h.stage == "socket-lb" for h in out.hops)
     assert out.outcome.result == "dropped"
     # its NodePort is not served either: nothing listens there
     cp = node_ip(dp, "k8s-guide-control-plane")
-    assert run_trace(dp, "ip/198.51.100.7", f"{cp}:30080").branches[0].forward.outcome.result == "rejected"
+    assert walk(dp, "ip/198.51.100.7", f"{cp}:30080").branches[0].forward.outcome.result == "rejected"
 
 
 def test_the_lab_refuses_what_it_cannot_run(tmp_path):

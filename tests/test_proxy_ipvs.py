@@ -14,8 +14,7 @@ import subprocess
 import pytest
 
 from podnet import Cluster
-from podnet.cli.trace import build_request
-from podnet.dataplane import build_dataplane, resolve_endpoints
+from podnet.dataplane import build_dataplane
 from podnet.linux.ipset import IpsetStore
 from podnet.linux.netfilter import Packet
 from podnet.linux.routing import route_get
@@ -23,33 +22,15 @@ from podnet.linux.state import IpvsRealServer, IpvsService
 from podnet.proxy import ipvs
 from podnet.proxy.model import EndpointInfo, ProxyView
 from podnet.sim import ipvs as sched
-from podnet.sim.trace import trace
 
 from conftest import GUIDE_LAB, REFERENCE, have, is_root, run_podnet
+from helpers import NODEPORTS as GUIDE_NODEPORTS, WORKER, walk
 from test_proxy_model import endpoint, node, oracle_objects, service, slice_, view_of
 
 ip = ipaddress.ip_address
-WORKER = "k8s-guide-worker"
 CHAPTER = REFERENCE / "guide" / "services-clusterIP-dataplane-IPVS.md"
 
-NODEPORTS = """
-apiVersion: v1
-kind: Service
-metadata: {name: web-np, namespace: default}
-spec:
-  type: NodePort
-  selector: {app: web}
-  ports: [{port: 80, nodePort: 30080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web-local, namespace: default}
-spec:
-  type: NodePort
-  externalTrafficPolicy: Local
-  selector: {app: web}
-  ports: [{port: 80, nodePort: 30081}]
----
+NODEPORTS = GUIDE_NODEPORTS + """---
 apiVersion: v1
 kind: Service
 metadata: {name: nobody, namespace: default}
@@ -90,11 +71,6 @@ def guide_lab(tmp_path, extra: str = NODEPORTS, kube_proxy: str = ""):
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     return guide_lab(tmp_path_factory.mktemp("ipvs"))
-
-
-def run_trace(dp, source, destination, protocol="tcp", reply=True):
-    src, dst, _ = resolve_endpoints(dp, source, destination, protocol)
-    return trace(dp.state, build_request(src, dst, protocol, 40000, 84, reply, None, None))
 
 
 def pod_named(dp, prefix, node=None):
@@ -278,7 +254,7 @@ def test_nodeport_virtual_servers_on_every_node_address(lab):
 
 def test_pod_to_cluster_ip_branches_over_the_real_servers(lab):
     tshoot = pod_named(lab, "net-tshoot", WORKER)
-    result = run_trace(lab, f"pod/{tshoot.name}", "svc/web:80")
+    result = walk(lab, f"pod/{tshoot.name}", "svc/web:80")
     assert len(result.branches) == 2 and all(abs(b.probability - 0.5) < 1e-9 for b in result.branches)
     assert delivered_to(result) == set(web_ips(lab).values())
     vip = str(lab.cluster.service("web").cluster_ip)
@@ -297,7 +273,7 @@ def test_pod_to_cluster_ip_branches_over_the_real_servers(lab):
 
 
 def test_node_to_cluster_ip_is_masqueraded(lab):
-    result = run_trace(lab, f"node/{WORKER}", "svc/web:80")
+    result = walk(lab, f"node/{WORKER}", "svc/web:80")
     vip = str(lab.cluster.service("web").cluster_ip)
     assert delivered_to(result) == set(web_ips(lab).values())
     for b in result.branches:
@@ -318,7 +294,7 @@ def test_node_to_cluster_ip_is_masqueraded(lab):
 
 def test_nodeport_from_outside_is_snated(lab):
     node_ip = lab.cluster.node(WORKER).internal_ip
-    result = run_trace(lab, "ip/198.51.100.7", f"{node_ip}:30080")
+    result = walk(lab, "ip/198.51.100.7", f"{node_ip}:30080")
     assert delivered_to(result) == set(web_ips(lab).values())
     for b in result.branches:
         assert '-A KUBE-NODE-PORT -p tcp -m comment --comment "Kubernetes nodeport TCP port for masquerade ' \
@@ -331,7 +307,7 @@ def test_nodeport_from_outside_is_snated(lab):
 
 def test_external_traffic_policy_local(lab):
     worker_ip = lab.cluster.node(WORKER).internal_ip
-    result = run_trace(lab, "ip/198.51.100.7", f"{worker_ip}:30081")
+    result = walk(lab, "ip/198.51.100.7", f"{worker_ip}:30081")
     (b,) = result.branches
     # a local endpoint: the NodePort-LOCAL set returns before the masquerade mark, the client IP is kept
     assert '-A KUBE-NODE-PORT -p tcp -m comment --comment "Kubernetes nodeport TCP port with ' \
@@ -342,7 +318,7 @@ def test_external_traffic_policy_local(lab):
     # a node without one forwards to the cluster's endpoints unmasqueraded: the pod's answer goes
     # back without the NodePort's address, and the client drops it (kubernetes#97081)
     cp_ip = lab.cluster.node("k8s-guide-control-plane").internal_ip
-    result = run_trace(lab, "ip/198.51.100.7", f"{cp_ip}:30081")
+    result = walk(lab, "ip/198.51.100.7", f"{cp_ip}:30081")
     assert delivered_to(result) == set(web_ips(lab).values())
     for b in result.branches:
         assert str(b.forward.outcome.packet.src) == "198.51.100.7"
@@ -352,7 +328,7 @@ def test_external_traffic_policy_local(lab):
 
 def test_hairpin_through_kube_loop_back(lab):
     web = pod_named(lab, "web-", WORKER)
-    result = run_trace(lab, f"pod/{web.name}", "svc/web:80")
+    result = walk(lab, f"pod/{web.name}", "svc/web:80")
     to_self = next(b for b in result.branches if b.forward.outcome.packet.dst == web.pod_ip)
     assert '-A KUBE-POSTROUTING -m comment --comment "Kubernetes endpoints dst ip:port, source ip for solving ' \
            'hairpin purpose" -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE' in steps(to_self)
@@ -374,24 +350,24 @@ def test_host_listeners_on_every_cluster_ip(tmp_path):
     assert len(vips) >= 5
     for vip in vips:
         for port, owner in ((22, "sshd"), (10250, "kubelet")):
-            (b,) = run_trace(old, f"pod/{tshoot.name}", f"{vip}:{port}").branches
+            (b,) = walk(old, f"pod/{tshoot.name}", f"{vip}:{port}").branches
             assert b.forward.outcome.result == "delivered", (vip, port, b.forward.outcome.reason)
             assert b.forward.outcome.listener.owner == f"{owner} on {WORKER}"
             assert not ipvs_hops(b)                     # no virtual server: the host's socket
     assert "KUBE-IPVS-FILTER" not in old.node_netns(WORKER).iptables
     # today's kube-proxy rejects new connections to kube-ipvs0's addresses on other ports
-    (b,) = run_trace(guide_lab(tmp_path / "new"), f"pod/{tshoot.name}", f"{vips[0]}:22").branches
+    (b,) = walk(guide_lab(tmp_path / "new"), f"pod/{tshoot.name}", f"{vips[0]}:22").branches
     assert b.forward.outcome.result == "rejected"
     assert "KUBE-IPVS-FILTER" in b.forward.outcome.reason
     # ... and the iptables mode never had the problem: a ClusterIP is no address of the node
     plain = build_dataplane(Cluster.load([GUIDE_LAB], proxy_mode="iptables"))
-    (b,) = run_trace(plain, f"pod/{tshoot.name}", f"{vips[0]}:22").branches
+    (b,) = walk(plain, f"pod/{tshoot.name}", f"{vips[0]}:22").branches
     assert b.forward.outcome.listener is None or "sshd" not in b.forward.outcome.listener.owner
 
 
 def test_service_without_endpoints_is_refused(lab):
     tshoot = pod_named(lab, "net-tshoot", WORKER)
-    (b,) = run_trace(lab, f"pod/{tshoot.name}", "svc/nobody:80").branches
+    (b,) = walk(lab, f"pod/{tshoot.name}", "svc/nobody:80").branches
     assert b.forward.outcome.result == "rejected"
     assert "ICMP port unreachable" in b.forward.outcome.reason
     assert ipvs_hops(b)[0].endswith("no real servers: no destination available")
@@ -411,18 +387,18 @@ def test_external_ip_load_balancer_and_source_ranges(tmp_path):
                  "--vport 80 -j DROP"
     assert out_filter in ns.iptables
     assert {"172.18.255.200/32", "192.0.2.10/32"} <= {str(a.interface) for a in ns.links["kube-ipvs0"].addresses}
-    for b in run_trace(dp, f"node/{WORKER}", "172.18.255.200:80").branches:
+    for b in walk(dp, f"node/{WORKER}", "172.18.255.200:80").branches:
         assert b.forward.outcome.result == "dropped" and out_filter in b.forward.outcome.reason
     # a client in the source range gets in; one outside is dropped by the source-range firewall
-    allowed = run_trace(dp, "ip/198.51.100.7", "172.18.255.200:80")
+    allowed = walk(dp, "ip/198.51.100.7", "172.18.255.200:80")
     assert delivered_to(allowed) == set(web_ips(dp).values())
     assert all(b.reply.outcome.result == "delivered" for b in allowed.branches)
-    (denied,) = run_trace(dp, "ip/203.0.113.77", "172.18.255.200:80").branches
+    (denied,) = walk(dp, "ip/203.0.113.77", "172.18.255.200:80").branches
     assert denied.forward.outcome.result == "dropped"
     assert "KUBE-SOURCE-RANGES-FIREWALL" in denied.forward.outcome.reason
     # an external IP is local on every node too (the outside world would route it to one);
     # from a pod: marked for masquerade and balanced like the ClusterIP
-    ext = run_trace(dp, f"pod/{pod_named(dp, 'net-tshoot', WORKER).name}", "192.0.2.10:80")
+    ext = walk(dp, f"pod/{pod_named(dp, 'net-tshoot', WORKER).name}", "192.0.2.10:80")
     assert delivered_to(ext) == set(web_ips(dp).values())
     for b in ext.branches:
         assert any("KUBE-EXTERNAL-IP dst,dst -j KUBE-MARK-MASQ" in t for t in steps(b))
@@ -438,7 +414,7 @@ def test_sh_scheduler_hashes_the_source_address(tmp_path):
         svc = next(s for s in dp.node_netns(node_name).ipvs if str(s.vip) == vip)
         assert svc.scheduler == "sh" and [str(r.ip) for r in svc.reals] == sorted(web_ips(dp).values())
         tshoot = pod_named(dp, "net-tshoot", node_name)
-        (b,) = run_trace(dp, f"pod/{tshoot.name}", "svc/web:80").branches    # no branch: a hash
+        (b,) = walk(dp, f"pod/{tshoot.name}", "svc/web:80").branches    # no branch: a hash
         # include/linux/hash.h hash_32 into 256 buckets, filled in turn from the kernel's
         # destination list (the reverse of the order added): even buckets -> the last one listed
         bucket = ((int(tshoot.pod_ip) * 0x61C88647) & 0xFFFFFFFF) >> 24
@@ -454,7 +430,7 @@ def test_mh_scheduler_sets_the_port_flag_and_branches(tmp_path):
     from podnet.linux.render import ipvsadm_ln, ipvsadm_save
     assert "TCP  10.96.0.1:443 mh (mh-port)" in ipvsadm_ln(ns.ipvs).splitlines()
     assert "-A -t 10.96.0.1:443 -s mh -b mh-port" in ipvsadm_save(ns.ipvs).splitlines()
-    result = run_trace(dp, f"pod/{pod_named(dp, 'net-tshoot', WORKER).name}", "svc/web:80")
+    result = walk(dp, f"pod/{pod_named(dp, 'net-tshoot', WORKER).name}", "svc/web:80")
     assert delivered_to(result) == set(web_ips(dp).values())
     assert "Maglev hash of the source address and port" in ipvs_hops(result.branches[0])[0]
 
@@ -641,7 +617,7 @@ def test_bridged_answer_of_a_same_node_real_server_is_un_natted():
     conntrack NAT gives the answer the ClusterIP back as its source."""
     dp = build_dataplane(Cluster.load([GUIDE_LAB], cni="flannel", proxy_mode="ipvs"))
     tshoot = pod_named(dp, "net-tshoot", WORKER)
-    result = run_trace(dp, f"pod/{tshoot.name}", "svc/web:80")
+    result = walk(dp, f"pod/{tshoot.name}", "svc/web:80")
     near = next(b for b in result.branches if str(b.forward.outcome.packet.dst) == web_ips(dp)[WORKER])
     assert any(h.stage == "bridge" for h in near.reply.hops)
     assert near.reply.outcome.result == "delivered"

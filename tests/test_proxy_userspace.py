@@ -17,8 +17,9 @@ from podnet.proxy import userspace
 from podnet.proxy.userspace import (CONTAINER_NODEPORT, CONTAINER_PORTAL, HOST_NODEPORT, HOST_PORTAL,
                                     NON_LOCAL_NODEPORT, save_string)
 
-from conftest import GUIDE_LAB, have, is_root
-from test_proxy_ebpf import guide_lab, node_ip, run_trace, web_pods
+from conftest import GUIDE_LAB, have
+from helpers import walk
+from test_proxy_ebpf import guide_lab, node_ip, web_pods
 from test_proxy_model import oracle_objects, view_of
 
 ip = ipaddress.ip_address
@@ -102,7 +103,7 @@ def test_pod_to_cluster_ip_through_the_proxy_port(tmp_path):
     dp = guide_lab(tmp_path, mode="userspace")
     port = _proxy_port(dp, "k8s-guide-worker", "default/web")
     gateway = ip("10.244.1.1")          # kindnet's address on the pod's host-side veth
-    result = run_trace(dp, "pod/net-tshoot-4lgv2", "svc/web:80")
+    result = walk(dp, "pod/net-tshoot-4lgv2", "svc/web:80")
     assert len(result.branches) == 2
     reached = set()
     vip = dp.cluster.service("web").cluster_ip
@@ -133,14 +134,14 @@ def test_node_and_nodeport_through_the_proxy_port(tmp_path):
     worker = node_ip(dp, "k8s-guide-worker")
     port = _proxy_port(dp, "k8s-guide-worker", "default/web")
     # from the node itself: KUBE-PORTALS-HOST DNATs to the node's address
-    branch = run_trace(dp, "node/k8s-guide-worker", "svc/web:80", seed=3).branches[0]
+    branch = walk(dp, "node/k8s-guide-worker", "svc/web:80", seed=3).branches[0]
     dnat = next(h for h in branch.forward.hops if h.stage == "nat")
     assert dnat.text.endswith(f"-> {worker}:{port}")
     assert any(s.chain == HOST_PORTAL for h in branch.forward.hops for s in h.steps)
     assert branch.forward.outcome.delivered and branch.reply.outcome.delivered
     # a NodePort from outside: KUBE-NODEPORT-CONTAINER, accepted by KUBE-NODEPORT-NON-LOCAL
     np_port = _proxy_port(dp, "k8s-guide-worker", "default/web-np")
-    result = run_trace(dp, "ip/198.51.100.7", f"{worker}:30080")
+    result = walk(dp, "ip/198.51.100.7", f"{worker}:30080")
     assert len(result.branches) == 2
     for branch in result.branches:
         hops = branch.forward.hops
@@ -156,7 +157,7 @@ def test_node_and_nodeport_through_the_proxy_port(tmp_path):
 
 def test_service_without_endpoints_closes_the_connection(tmp_path):
     dp = guide_lab(tmp_path, mode="userspace")
-    out = run_trace(dp, "pod/net-tshoot-4lgv2", "svc/nobody:80").branches[0].forward.outcome
+    out = walk(dp, "pod/net-tshoot-4lgv2", "svc/nobody:80").branches[0].forward.outcome
     assert out.result == "rejected" and "no backend" in out.reason
     assert out.listener is not None and out.listener.relays
 
@@ -190,7 +191,7 @@ def test_calico_pods_cannot_use_the_proxy_port():
     """REDIRECT sends a pod's packet to the address of the interface it came in on; calico's
     cali* veths have none, so the kernel drops it (nf_nat_redirect) instead of relaying it."""
     dp = build_dataplane(Cluster.load([GUIDE_LAB], cni="calico", proxy_mode="userspace"))
-    [branch] = run_trace(dp, "pod/net-tshoot-4lgv2", "svc/web:80").branches
+    [branch] = walk(dp, "pod/net-tshoot-4lgv2", "svc/web:80").branches
     out = branch.forward.outcome
     assert out.result == "dropped" and out.node == "k8s-guide-worker"
     assert re.fullmatch(r"REDIRECT: cali[0-9a-f]{11} has no IPv4 address to redirect to \(the kernel drops the packet\)",
