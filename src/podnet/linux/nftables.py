@@ -1401,14 +1401,20 @@ class _Parser:
         self.expect("{")
         self._table_body(table)
 
-    def _table_body(self, table: NftTable) -> None:
+    def _block(self, what: str):
+        """The first token of each statement of a `{ ... }` block, whose rest the caller parses;
+        ends past the closing brace."""
         while True:
             tok = self.skip_separators()
             if tok is None:
-                raise self.error("missing '}' at the end of the table")
+                raise self.error(f"missing '}}' at the end of {what}")
             if tok == "}":
                 self.i += 1
                 return
+            yield tok
+
+    def _table_body(self, table: NftTable) -> None:
+        for tok in self._block("the table"):
             self.i += 1
             if tok == "comment":
                 table.comment = self.word("a comment")
@@ -1454,13 +1460,7 @@ class _Parser:
         return words
 
     def _chain_body(self, table: NftTable, chain: NftChain) -> None:
-        while True:
-            tok = self.skip_separators()
-            if tok is None:
-                raise self.error(f"missing '}}' at the end of chain {chain.name}")
-            if tok == "}":
-                self.i += 1
-                return
+        for tok in self._block(f"chain {chain.name}"):
             if tok == "type":
                 self.i += 1
                 self._chain_type(table, chain)
@@ -1520,13 +1520,7 @@ class _Parser:
 
     # -- sets -------------------------------------------------------------------
     def _set_body(self, table: NftTable, s: NftSet) -> None:
-        while True:
-            tok = self.skip_separators()
-            if tok is None:
-                raise self.error(f"missing '}}' at the end of {s.kind} {s.name}")
-            if tok == "}":
-                self.i += 1
-                return
+        for tok in self._block(f"{s.kind} {s.name}"):
             start = self.i
             self.i += 1
             if tok == "type":
