@@ -46,3 +46,9 @@ def test_the_protocol_asked_for_is_traced(args, header):
     assert line.startswith(header), line
     if "kube-dns" in line and "tcp" in header:
         assert line.endswith("svc/kube-system/kube-dns:dns-tcp")       # the Service's TCP port
+
+
+def test_junk_after_a_bracketed_address_is_an_error():
+    """`[fd00::1]x` is no address (it was read as fd00::1 without a port)."""
+    proc = run_podnet("trace", "--from", TSHOOT, "--to", "[fd00::1]x", "-p", "icmp")
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -9,7 +9,6 @@ records).
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Iterable, Optional
 
 import dns.asyncquery
@@ -18,30 +17,17 @@ import dns.message
 import dns.name
 
 from ..errors import InputError
+from ..sim.endpoints import is_ip, split_hostport
 
 UPSTREAM_PAYLOAD = 1232
 
 
 def parse_hostport(text: str, default_port: int = 53, what: str = "address") -> tuple[str, int]:
-    """'10.0.0.1', '10.0.0.1:5300', '[::1]:53', '::1' -> (host, port)."""
-    text = text.strip()
-    host, port = text, default_port
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest:
-            if not rest.startswith(":"):
-                raise InputError(f"not an IP:PORT: {text!r}", field=what)
-            port = rest[1:]
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    try:
-        ipaddress.ip_address(host)
-        port = int(port)
-        if not 0 <= port <= 65535:
-            raise ValueError
-    except ValueError:
-        raise InputError(f"not an IP:PORT: {text!r}", field=what) from None
-    return host, port
+    """'10.0.0.1', '10.0.0.1:5300', '[::1]:53', '::1' -> (host, port); port 0 (listen on any) is fine."""
+    host, port = split_hostport(text.strip())
+    if not is_ip(host) or (port is not None and not (port.isdigit() and int(port) <= 65535)):
+        raise InputError(f"not an IP:PORT: {text!r}", field=what)
+    return host, int(port) if port is not None else default_port
 
 
 class Forwarder:

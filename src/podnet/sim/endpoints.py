@@ -56,7 +56,9 @@ def split_hostport(text: str) -> tuple[str, Optional[str]]:
     """`10.96.0.10:53`, `[fd00::a]:53`, `10.96.0.10`, `fd00::a` -> (host, port text or None)."""
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
-        return host, (rest[1:] if rest.startswith(":") else None)
+        if rest and not rest.startswith(":"):
+            return text, None           # not [HOST]:PORT: no address either
+        return host, (rest[1:] if rest else None)
     if text.count(":") == 1:
         host, _, port = text.partition(":")
         return host, port
