@@ -16,6 +16,7 @@ Layout (see docs/snapshot.md)::
     DIR/<netns>/conntrack.txt  conntrack -L
     DIR/<netns>/ipvs.txt       ipvsadm -Sn
     DIR/<netns>/listen.txt     ss -Hlntu
+    DIR/<netns>/netns-ids.json ip -j netns list-id             (a peer's link_netnsid -> its name)
 
 Only reads: nothing in the namespaces is changed. Tools that are missing or
 fail (no IPVS in this kernel, no ipset...) leave their file out.
@@ -49,6 +50,8 @@ COMMANDS = {
     "conntrack.txt": ["conntrack", "-L"],
     "ipvs.txt": ["ipvsadm", "-Sn"],
     "listen.txt": ["ss", "-Hlntu"],
+    # which namespace a peer's link_netnsid means (veths across namespaces)
+    "netns-ids.json": ["ip", "-j", "netns", "list-id"],
 }
 
 SYSCTL_GLOBS = [

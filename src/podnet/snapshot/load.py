@@ -303,6 +303,7 @@ def load_snapshot(directory: str | Path) -> DataplaneState:
     names = sorted(set(topo.get("namespaces", {})) |
                    {p.name for p in root.iterdir() if p.is_dir() and (p / "link.json").exists()})
     raw_links: dict[str, dict[int, dict]] = {}
+    netns_ids: dict[str, dict[int, str]] = {}
     for name in names:
         d = root / name
         if not (d / "link.json").exists():
@@ -311,7 +312,9 @@ def load_snapshot(directory: str | Path) -> DataplaneState:
         ns = load_netns(name, d, meta)
         state.add_netns(ns)
         raw_links[name] = {e["ifindex"]: e for e in _read_json(d / "link.json", [])}
-    _pair_veths(state, raw_links, topo)
+        netns_ids[name] = {e["nsid"]: e["name"] for e in _read_json(d / "netns-ids.json", []) if "name" in e}
+    roots = [n for n, meta in topo.get("namespaces", {}).items() if meta.get("root")]
+    _pair_veths(state, raw_links, topo, netns_ids, roots[0] if len(roots) == 1 else None)
     for seg_name, seg in (topo.get("segments") or {}).items():
         state.add_segment(Segment(seg_name, description=seg.get("description", ""),
                                   blocked_pairs={tuple(p) for p in seg.get("blocked", [])}))
@@ -324,7 +327,20 @@ def load_snapshot(directory: str | Path) -> DataplaneState:
     return state
 
 
-def _pair_veths(state: DataplaneState, raw: dict[str, dict[int, dict]], topo: dict) -> None:
+def _peer_namespace(ns_name: str, nsid: int, raw: dict, netns_ids: dict, root: Optional[str]) -> Optional[str]:
+    """The namespace a link_netnsid names, from `ip netns list-id` in `ns_name`; an nsid
+    without a name there is the host's own namespace (it has none in /var/run/netns)."""
+    ids = netns_ids.get(ns_name) or {}
+    if not ids:
+        return None                             # an older snapshot: match by ifindex instead
+    name = ids.get(nsid)
+    if name is None:
+        return root if root != ns_name else None
+    return name if name in raw else None
+
+
+def _pair_veths(state: DataplaneState, raw: dict[str, dict[int, dict]], topo: dict,
+                netns_ids: Optional[dict] = None, root: Optional[str] = None) -> None:
     for a_ns, a_if, b_ns, b_if in topo.get("veth_pairs", []):
         la = state.namespaces[a_ns].links.get(a_if)
         lb = state.namespaces[b_ns].links.get(b_if)
@@ -345,8 +361,9 @@ def _pair_veths(state: DataplaneState, raw: dict[str, dict[int, dict]], topo: di
                         link.peer, other.peer = (ns_name, other.name), (ns_name, link.name)
                 continue
             candidates = []
+            named = _peer_namespace(ns_name, e["link_netnsid"], raw, netns_ids or {}, root)
             for other_ns, other_links in raw.items():
-                if other_ns == ns_name:
+                if other_ns == ns_name or (named is not None and other_ns != named):
                     continue
                 oe = other_links.get(peer_index)
                 if oe and oe.get("link_index") == ifindex and (oe.get("linkinfo") or {}).get("info_kind") == "veth":
