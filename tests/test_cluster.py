@@ -634,3 +634,17 @@ def test_help_teaches():
     assert "podnet get pods" in out
     out = run_podnet("get", "--help", check=True).stdout
     assert "Examples" in out
+
+
+def test_demo_shows_decisions_routes_and_a_packet_walk():
+    """`podnet demo` (the README's first command): the control plane's tables, a worker's
+    routes and one packet from a pod there to the web Service and back."""
+    proc = run_podnet("demo", check=True)
+    out = proc.stdout
+    for heading in ("$ podnet get nodes -A -o wide", "$ podnet get pods -A -o wide", "$ podnet get services -A",
+                    "$ podnet render routes --node k8s-guide-worker",
+                    "$ podnet trace --from pod/net-tshoot-4lgv2 --to svc/web:80 --seed 1"):
+        assert heading in out
+    assert "10.244.2.0/24 via 172.18.0.4 dev eth0" in out
+    assert "DNAT: destination 10.107.164.13:80 ->" in out
+    assert "reply received by the client socket 10.244.1.2:40000, from 10.107.164.13:80" in out

@@ -29,7 +29,8 @@ def demo(paths):
     """Load a cluster (default: the guide's lab) and show what podnet decides for it.
 
     Prints the reconciled nodes, pods, Services and EndpointSlices, as `podnet get`
-    does; `podnet render` and `podnet trace` show the dataplane.
+    does; then what the CNI programs on a worker (`podnet render routes`) and the life
+    of one packet from a pod there to a Service (`podnet trace`, one random draw).
     """
     cluster = load_cluster(paths)
     cfg = cluster.config
@@ -39,3 +40,32 @@ def demo(paths):
     for kind, wide in SECTIONS:
         click.echo(f"\n$ podnet get {kind} -A{' -o wide' if wide else ''}")
         print_kind(cluster, kind, wide)
+    show_dataplane(cluster)
+
+
+def show_dataplane(cluster) -> None:
+    """A worker's routes, then a pod there reaching a Service with endpoints."""
+    from ..dataplane import build_dataplane, resolve_endpoints
+    from ..sim.trace import explain_text, trace
+    from .render import section
+    from .trace import build_request
+    dp = build_dataplane(cluster)
+    node = next((n for n in cluster.nodes if not n.is_control_plane), cluster.nodes[0] if cluster.nodes else None)
+    if node is None:
+        return
+    click.echo(f"\n$ podnet render routes --node {node.name}")
+    click.echo(section(dp, dp.node_netns(node.name), "routes"))
+    system = ("kube-system", "local-path-storage")
+    client = next((p for p in cluster.pods_on(node.name) if p.key in dp.pod_ns and p.namespace not in system), None)
+    service = next((s for s in sorted(cluster.services, key=lambda s: (s.namespace in system, s.key))
+                    if s.cluster_ips and not s.headless and s.ports and s.key != "default/kubernetes"
+                    and any(e.ready is not False for sl in cluster.slices_of(s) for e in sl.endpoints)), None)
+    if client is None or service is None:
+        return
+    port = service.ports[0]
+    where = f"svc/{service.namespace}/{service.name}:{port.port}"
+    click.echo(f"\n$ podnet trace --from pod/{client.name} --to svc/{service.name}:{port.port} --seed 1")
+    src, dst, preamble = resolve_endpoints(dp, f"pod/{client.key}", where, port.protocol.lower())
+    click.echo(preamble)
+    result = trace(dp.state, build_request(src, dst, port.protocol.lower(), 40000, 84, True, 1, None, dp.state))
+    click.echo(explain_text(dp.state, result))
