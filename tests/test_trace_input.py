@@ -52,3 +52,14 @@ def test_junk_after_a_bracketed_address_is_an_error():
     """`[fd00::1]x` is no address (it was read as fd00::1 without a port)."""
     proc = run_podnet("trace", "--from", TSHOOT, "--to", "[fd00::1]x", "-p", "icmp")
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--from", "pod/nope", "--to", "svc/web:80"], "error: --from: no pod named 'nope'"),
+    (["--from", "node/nope", "--to", "svc/web:80"], "error: --from: no node named 'nope'"),
+    (["--from", TSHOOT, "--to", "svc/nope:80"], "error: --to: no service named 'nope'"),
+    (["--from", TSHOOT, "--to", "pod/nope:80"], "error: --to: no pod named 'nope'"),
+])
+def test_an_unknown_name_says_which_flag_named_it(args, line):
+    proc = run_podnet("trace", *args)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [line], proc.stderr

@@ -152,9 +152,21 @@ def _service_port(svc, port_text: Optional[str], proto: Optional[str] = None):
 
 def resolve_endpoints(dp: Dataplane, source: str, destination: str, protocol: str
                       ) -> tuple[Source, Destination, str]:
+    """`--from` and `--to` as the user names them: pods, nodes, Services, IPs, DNS names."""
+    notes: list[str] = []
+    try:
+        src = _resolve_source(dp, source, notes)
+    except InputError as e:
+        raise e.at(field_prefix=None if e.field else "--from") from None
+    try:
+        dst = _resolve_destination(dp, src, destination, protocol, notes)
+    except InputError as e:
+        raise e.at(field_prefix=None if e.field else "--to") from None
+    return src, dst, "\n".join(f"# {n}" for n in notes)
+
+
+def _resolve_source(dp: Dataplane, source: str, notes: list[str]) -> Source:
     cluster = dp.cluster
-    notes = []
-    # ---- source
     if source.startswith("pod/"):
         pod = cluster.pod(source[4:])
         ns = dp.netns_of_pod(pod)
@@ -179,7 +191,12 @@ def resolve_endpoints(dp: Dataplane, source: str, destination: str, protocol: st
         else:
             notes.append(f"from {ip} ({owner})")
         src = Source(owner, ip, label=f"{ip}")
-    # ---- destination
+    return src
+
+
+def _resolve_destination(dp: Dataplane, src: Source, destination: str, protocol: str,
+                         notes: list[str]) -> Destination:
+    cluster = dp.cluster
     body, proto = split_proto(destination)
     explicit = proto is not None            # DEST/proto: it wins over the port's own protocol
     proto = proto or protocol
@@ -230,7 +247,7 @@ def resolve_endpoints(dp: Dataplane, source: str, destination: str, protocol: st
                 raise
             dst, note = dns
             notes.append(note)
-    return src, dst, "\n".join(f"# {n}" for n in notes)
+    return dst
 
 
 def _resolve_name(dp: Dataplane, src: Source, body: str, proto: str):
