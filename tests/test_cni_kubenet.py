@@ -66,7 +66,7 @@ def test_masquerade_rule_as_kubenet_writes_it(cloud):
                'LOCAL -j MASQUERADE' in ns.iptables.splitlines()
         assert ns.sysctls["net.bridge.bridge-nf-call-iptables"] == "1"
         # the kubelet's default --hairpin-mode=promiscuous-bridge: cbr0 promiscuous, no hairpin on the veths
-        assert int(ns.files["/sys/class/net/cbr0/flags"], 16) & 0x100
+        assert ns.links["cbr0"].promisc
         assert not any(l.hairpin for l in ns.links.values() if l.master == "cbr0")
 
 
@@ -157,7 +157,7 @@ def test_options(tmp_path):
     ns = dp.node_netns(WORKER)
     assert any(l.startswith("-A POSTROUTING ! -d 10.244.0.0/16 ") for l in ns.iptables.splitlines())
     veths = [l for l in ns.links.values() if l.master == "cbr0"]
-    assert veths and all(l.hairpin for l in veths) and not int(ns.files["/sys/class/net/cbr0/flags"], 16) & 0x100
+    assert veths and all(l.hairpin for l in veths) and not ns.links["cbr0"].promisc
     for bad, field in (("{plugin: kubenet, options: {nonMasqueradeCIDR: x}}", "cni.options.nonMasqueradeCIDR"),
                        ("{plugin: kubenet, options: {hairpinMode: sometimes}}", "cni.options.hairpinMode")):
         with pytest.raises(InputError, match=field.replace(".", r"\.")):
@@ -171,6 +171,23 @@ def test_hairpin_through_a_service_on_the_promiscuous_bridge(tmp_path):
     result = walk(dp, f"pod/{web.name}", "svc/web:80")
     mine = [b for b in result.branches if b.forward.outcome.ns == dp.pod_ns[web.key]]
     assert mine and all(b.forward.outcome.delivered and b.reply.outcome.delivered for b in mine)
+    assert any("promiscuous" in h.text for b in mine for h in b.forward.hops)
+
+
+@pytest.mark.parametrize("mode, reaches_itself", [("promiscuous-bridge", True), ("hairpin-veth", True),
+                                                  ("none", False)])
+def test_a_pod_reaches_itself_through_its_service_only_with_a_hairpin_mode(tmp_path, mode, reaches_itself):
+    """br_netfilter keeps a frame DNATed to a station behind the same bridge bridged: back out of
+    its ingress port only with the port's hairpin flag, or via the host with a promiscuous bridge."""
+    dp = build_dataplane(Cluster.load([inputs(tmp_path, f"{{plugin: kubenet, options: {{hairpinMode: {mode}}}}}")]))
+    web = next(p for p in dp.cluster.pods if p.name.startswith("web-"))
+    result = walk(dp, f"pod/{web.name}", "svc/web:80")
+    mine = [b for b in result.branches if dp.state.namespaces[b.forward.outcome.ns].pod == web.key
+            or "hairpin" in b.forward.outcome.reason]
+    assert len(mine) == 1
+    assert mine[0].forward.outcome.delivered == reaches_itself, mine[0].forward.outcome.reason
+    if not reaches_itself:
+        assert "hairpin mode is off" in mine[0].forward.outcome.reason
 
 
 # ----------------------------------------------------------------------------- for real

@@ -47,7 +47,6 @@ from ..errors import InputError
 from ..linux.iptables_builder import IptablesBuilder
 from ..linux.state import Route
 from .base import CNISolution
-from .plugins.bridge import IFF_BROADCAST, IFF_MULTICAST, IFF_PROMISC, IFF_UP, flags_path
 from .spec import NetworkConfigList
 
 BRIDGE = "cbr0"
@@ -101,7 +100,7 @@ class Kubenet(CNISolution):
         self.runtime_add(ctx, pod, pod_ns, conflist=conf)
         if self.hairpin_mode == "promiscuous-bridge":
             # "Put the container bridge into promiscuous mode to force it to accept hairpin packets"
-            ctx.ns.files[flags_path(BRIDGE)] = f"{IFF_UP | IFF_BROADCAST | IFF_MULTICAST | IFF_PROMISC:#x}"
+            ctx.ns.links[BRIDGE].promisc = True
 
     # ------------------------------------------------------------------ the cloud
     def connect_nodes(self, dp) -> None:

@@ -57,6 +57,7 @@ NUD = {"INCOMPLETE": 0x01, "REACHABLE": 0x02, "STALE": 0x04, "DELAY": 0x08, "PRO
        "NOARP": 0x40, "PERMANENT": 0x80}
 NTF_SELF, NTF_MASTER, NTF_PROXY = 0x02, 0x04, 0x08
 IFF_NOARP = 0x80
+IFF_PROMISC = 0x100
 IFA_F_NODAD = 0x02
 RTNH_F_ONLINK = 0x04
 FIB_RULE_INVERT = 0x02
@@ -571,6 +572,10 @@ class Applier:
                     if link.noarp and (fresh or not prev.noarp):
                         self._nl(ipr, where, f"link set {link.name} arp off", "link", "set", index=i,
                                  flags=IFF_NOARP, change=IFF_NOARP)
+                    if fresh and link.promisc or not fresh and prev.promisc != link.promisc:
+                        self._nl(ipr, where, f"link set {link.name} promisc {'on' if link.promisc else 'off'}",
+                                 "link", "set", index=i, flags=IFF_PROMISC if link.promisc else 0,
+                                 change=IFF_PROMISC)
                     if link.alias and (fresh or prev.alias != link.alias):
                         with contextlib.suppress(Exception):
                             ipr.link("set", index=i, ifalias=link.alias)

@@ -121,6 +121,7 @@ class Link:
     learning: bool = True
     # bridge device options
     vlan_filtering: bool = False
+    promisc: bool = False           # IFF_PROMISC: a bridge also passes forwarded frames up to the host
     noarp: bool = False
     alias: Optional[str] = None     # free text (e.g. which pod a veth serves)
 

@@ -487,26 +487,52 @@ class Walker:
             if bridge is None:
                 self._drop(ns, f"{link.name} is enslaved to a missing bridge {link.master}", pkt)
             self.rt.fdb(ns, bridge.name)[pkt.src_mac or ""] = link.name
-            if dst_mac == bridge.mac:
-                self.hop(ns, "bridge", f"{bridge.name}: frame from port {link.name} is addressed to the "
-                                       "bridge itself: up the host stack", link.name, pkt=pkt)
-                self._ip_input(ns, bridge, frame)
-                return
             tracked = None
             if ns.sysctl_on("net.bridge.bridge-nf-call-iptables"):
+                # br_netfilter's PRE_ROUTING sees every frame of the bridge, those addressed to the
+                # bridge itself too (the IP layer's PREROUTING is then skipped: ip_sabotage_in)
                 tracked = self.rt.ct(ns).track(pkt)
+                self._conntrack_hop(ns, tracked, pkt, "PREROUTING")
                 before = pkt.dst
-                self._hook(ns, "PREROUTING", frame, tracked, in_iface=bridge.name,
-                           physdev_in=link.name, bridged=True)
                 # nf_nat at br_netfilter's PRE_ROUTING: an answer is un-SNATed here too
                 note = apply_dst_manip(tracked, pkt)
                 if note:
                     self.hop(ns, "conntrack", note, link.name, pkt=pkt)
+                self._hook(ns, "PREROUTING", frame, tracked, in_iface=bridge.name,
+                           physdev_in=link.name, bridged=True)
                 if pkt.dst != before:
+                    back = tables_of(ns).lookup(pkt.dst, pkt.src, bridge.name, None, pkt.mark)
+                    if back.ok and back.type == "unicast" and back.dev == bridge.name:
+                        # br_nf_pre_routing_finish_bridge: DNATed to a station behind this same
+                        # bridge, the frame stays bridged (to the ingress port only with hairpin on)
+                        answer = self._arp(ns, bridge, back.nexthop)
+                        if answer is None:
+                            self._drop(ns, f"no ARP reply for {back.nexthop} on {bridge.name}", pkt)
+                        port, _ = self._bridge_port_for(ns, bridge, answer[0])
+                        if port is not None and port.name == link.name and not port.hairpin and bridge.promisc:
+                            # the bridged copy cannot go back out of its ingress port, but a promiscuous
+                            # bridge also passes it up: the host routes it back out of the bridge (the
+                            # kubelet's promiscuous-bridge hairpin mode)
+                            self.hop(ns, "bridge", f"br_netfilter: destination rewritten to {pkt.dst}, behind "
+                                                   f"the ingress port {link.name} (hairpin off); {bridge.name} is "
+                                                   "promiscuous: the host receives the frame and routes it",
+                                     link.name, pkt=pkt)
+                            self._ip_input(ns, bridge, frame, tracked)
+                            return
+                        self.hop(ns, "bridge", f"br_netfilter: destination rewritten to {pkt.dst}, which is "
+                                               f"behind {bridge.name} too: the frame stays bridged", link.name,
+                                 pkt=pkt)
+                        self._bridge_forward(ns, bridge, link, frame, answer[0], tracked)
+                        return
                     self.hop(ns, "bridge", f"br_netfilter: destination rewritten to {pkt.dst}: "
                                            "the frame is routed instead of bridged", link.name, pkt=pkt)
                     self._ip_input(ns, bridge, frame, tracked)
                     return
+            if dst_mac == bridge.mac:
+                self.hop(ns, "bridge", f"{bridge.name}: frame from port {link.name} is addressed to the "
+                                       "bridge itself: up the host stack", link.name, pkt=pkt)
+                self._ip_input(ns, bridge, frame, tracked)
+                return
             self._bridge_forward(ns, bridge, link, frame, dst_mac, tracked)
             return
         if dst_mac not in (None, BROADCAST_MAC, link.mac) and not link.noarp and link.kind not in ("ipip",):

@@ -63,7 +63,8 @@ def load_links(ns: Netns, links_json: list, addrs_json: list) -> dict[int, dict]
         flags = e.get("flags") or []
         link = Link(e["ifname"], kind, mac=e.get("address") if kind != "loopback" else None,
                     mtu=int(e.get("mtu", 1500)), up="UP" in flags, ifindex=int(e["ifindex"]),
-                    master=e.get("master"), noarp="NOARP" in flags, alias=e.get("ifalias"))
+                    master=e.get("master"), noarp="NOARP" in flags, promisc="PROMISC" in flags,
+                    alias=e.get("ifalias"))
         data = info.get("info_data") or {}
         if kind == "vxlan":
             local = data.get("local") or data.get("local6")

@@ -36,15 +36,9 @@ from .netlink import (any_network, configure_iface, container_interface, delete_
 
 DEFAULT_BRIDGE = "cni0"
 UNSUPPORTED = ("vlan", "vlanTrunk", "macspoofchk")
-IFF_UP, IFF_BROADCAST, IFF_PROMISC, IFF_MULTICAST = 0x1, 0x2, 0x100, 0x1000
-
-
-def flags_path(dev: str) -> str:
-    return f"/sys/class/net/{dev}/flags"
-
-
 def is_promisc(ns: Netns, dev: str) -> bool:
-    return bool(int(ns.files.get(flags_path(dev), "0x0"), 16) & IFF_PROMISC)
+    link = ns.links.get(dev)
+    return bool(link and link.promisc)
 
 
 def ensure_bridge(ns: Netns, name: str, mtu: int, promisc: bool) -> Link:
@@ -55,8 +49,7 @@ def ensure_bridge(ns: Netns, name: str, mtu: int, promisc: bool) -> Link:
     elif br.kind != "bridge":
         raise fail(f"{name!r} already exists but is not a bridge")
     link_set_up(ns, br)
-    flags = IFF_UP | IFF_BROADCAST | IFF_MULTICAST | (IFF_PROMISC if promisc or is_promisc(ns, name) else 0)
-    ns.files[flags_path(name)] = f"{flags:#x}"
+    br.promisc = br.promisc or promisc
     set_sysctl(ns, f"net.ipv6.conf.{name}.accept_ra", "0")
     return br
 
