@@ -23,8 +23,9 @@ if [ -n "$missing" ]; then
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 # kernel modules the lab uses where the kernel has them as modules (no error where built in or
-# absent); not ifb or dummy: loading those adds ifb0/ifb1 (dummy0) to the host's own namespace
-for m in veth bridge br_netfilter vxlan ipip ip_vs nf_conntrack nf_tables; do
+# absent); not ifb, dummy or ipip: loading those adds ifb0/ifb1, dummy0 or tunl0 to the host's own
+# namespace (the lab's probe finds out whether the kernel loads them on demand)
+for m in veth bridge br_netfilter vxlan ip_vs nf_conntrack nf_tables; do
     modprobe -q "$m" 2>/dev/null || true
 done
 PY=${PYTHON:-python3}
