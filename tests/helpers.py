@@ -41,6 +41,27 @@ spec:
 """
 
 
+# web as two LoadBalancers, with externalTrafficPolicy Cluster and Local (IPs from the pool)
+LOAD_BALANCERS = """
+apiVersion: v1
+kind: Service
+metadata: {name: web-lb, namespace: default}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{port: 80, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-lb-local, namespace: default}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{port: 80, nodePort: 30081}]
+"""
+
+
 def guide_inputs(directory: Path, extra: str = "", config: str = "") -> Path:
     """The guide's lab copied into `directory`, plus `extra` objects (extra.yaml) and `config`
     lines of a PodnetConfig (podnet.yaml)."""

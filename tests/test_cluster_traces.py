@@ -10,9 +10,10 @@ import pytest
 from podnet.cluster import Cluster
 from podnet.dataplane import build_dataplane
 
-from helpers import guide_inputs, walk
+from helpers import LOAD_BALANCERS, guide_inputs, walk
 
-EXTRA = """
+EXTRA = LOAD_BALANCERS + """
+---
 apiVersion: podnet.dev/v1alpha1
 kind: PodnetConfig
 loadBalancer: {pools: ["172.18.255.200-172.18.255.250"]}
@@ -26,23 +27,6 @@ spec:
   containers:
   - {name: app, image: nginx, ports: [{containerPort: 8080}]}
   - {name: proxy, image: envoy, ports: [{containerPort: 9901}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web-lb, namespace: default}
-spec:
-  type: LoadBalancer
-  selector: {app: web}
-  ports: [{port: 80, nodePort: 30080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web-local, namespace: default}
-spec:
-  type: LoadBalancer
-  externalTrafficPolicy: Local
-  selector: {app: web}
-  ports: [{port: 80, nodePort: 30081}]
 """
 
 CLIENT = "198.51.100.7"          # somewhere on the internet
@@ -183,7 +167,7 @@ def test_load_balancer_ip_is_announced_by_one_node(dp):
 
 
 def test_external_client_local_policy_keeps_the_client_ip(dp):
-    r = walk(dp, f"ip/{CLIENT}", "lb/web-local")
+    r = walk(dp, f"ip/{CLIENT}", "lb/web-lb-local")
     for b in r.branches:
         o = b.forward.outcome
         assert o.delivered and str(o.packet.src) == CLIENT

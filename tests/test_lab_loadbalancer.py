@@ -12,26 +12,9 @@ from podnet.lab import client
 from podnet.lab.agent import arp_reply
 from podnet.lab.lab import Lab
 
-from helpers import guide_inputs, lab_name, wait_clean, walk
+from helpers import LOAD_BALANCERS, guide_inputs, lab_name, wait_clean, walk
 
-SERVICES = """
-apiVersion: v1
-kind: Service
-metadata: {name: web-lb, namespace: default}
-spec:
-  type: LoadBalancer
-  selector: {app: web}
-  ports: [{port: 80, nodePort: 30080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web-lb-local, namespace: default}
-spec:
-  type: LoadBalancer
-  externalTrafficPolicy: Local
-  selector: {app: web}
-  ports: [{port: 80, nodePort: 30081}]
-"""
+
 
 
 def test_arp_reply_answers_requests_for_its_address_only():
@@ -47,7 +30,7 @@ def test_arp_reply_answers_requests_for_its_address_only():
 
 @pytest.mark.netns
 def test_load_balancer_ips_from_outside_the_cluster(tmp_path):
-    inputs = guide_inputs(tmp_path / "in", extra=SERVICES)
+    inputs = guide_inputs(tmp_path / "in", extra=LOAD_BALANCERS)
     dp = build_dataplane(Cluster.load([str(inputs)]))
     lb = str(dp.cluster.service("web-lb").lb_ips[0])
     local = str(dp.cluster.service("web-lb-local").lb_ips[0])
