@@ -19,6 +19,7 @@ conntrack entries.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Optional
@@ -84,7 +85,10 @@ class _Done(Exception):
         self.outcome = outcome
 
 
+@functools.lru_cache(maxsize=65536)
 def ep(addr, port) -> str:
+    # cached: a walk prints the same few endpoints in every hop, and ipaddress's
+    # str() is a large part of a trace's time
     if port is None:
         return str(addr)
     return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
