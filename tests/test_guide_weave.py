@@ -15,7 +15,7 @@ from podnet.linux import render
 from podnet.linux.routing import route_get
 
 from conftest import GUIDE_LAB, REFERENCE
-from helpers import CONTROL, WORKER, WORKER2, guide_inputs, tshoot, walk_one
+from helpers import CONTROL, NODEPORTS, WORKER, WORKER2, guide_inputs, tshoot, walk_one
 
 RANGE = ipaddress.ip_network("10.32.0.0/12")
 
@@ -179,17 +179,7 @@ def test_pod_to_internet_is_masqueraded_by_the_weave_chain(lab):
 
 def test_traffic_to_local_pods_is_not_masqueraded(tmp_path):
     """weaver-no-masq-local: an external client reaching a local pod (NodePort, Local) keeps its address."""
-    guide_inputs(tmp_path)
-    (tmp_path / "svc.yaml").write_text("""
-apiVersion: v1
-kind: Service
-metadata: {name: web-local, namespace: default}
-spec:
-  type: NodePort
-  externalTrafficPolicy: Local
-  selector: {app: web}
-  ports: [{port: 80, nodePort: 30081}]
-""")
+    guide_inputs(tmp_path, extra=NODEPORTS)
     dp = build_dataplane(Cluster.load([tmp_path], cni="weave"))
     web = next(p for p in dp.cluster.pods if p.name.startswith("web-") and p.node_name == WORKER)
     branch = walk_one(dp, "ip/203.0.113.254", f"{dp.cluster.node(WORKER).internal_ip}:30081")

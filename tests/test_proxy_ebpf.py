@@ -16,28 +16,13 @@ from podnet.proxy import ebpf
 from podnet.sim import bpf_lb
 
 from conftest import GUIDE_LAB, run_podnet
-from helpers import walk
+from helpers import NODEPORTS, walk
 from test_proxy_model import oracle_objects, view_of
 
 ip = ipaddress.ip_address
 
-NODEPORTS = """
-apiVersion: v1
-kind: Service
-metadata: {name: web-np, namespace: default}
-spec:
-  type: NodePort
-  selector: {app: web}
-  ports: [{port: 80, targetPort: 80, nodePort: 30080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web-local, namespace: default}
-spec:
-  type: NodePort
-  externalTrafficPolicy: Local
-  selector: {app: web}
-  ports: [{port: 80, targetPort: 80, nodePort: 30081}]
+# the shared NodePorts (Cluster and Local), a LoadBalancer and a Service without endpoints
+SERVICES = NODEPORTS + """
 ---
 apiVersion: v1
 kind: Service
@@ -56,7 +41,7 @@ spec:
 """
 
 
-def guide_lab(tmp_path, mode="ebpf", extra: str = NODEPORTS, config: str = ""):
+def guide_lab(tmp_path, mode="ebpf", extra: str = SERVICES, config: str = ""):
     paths = [GUIDE_LAB]
     if extra:
         (tmp_path / "extra.yaml").write_text(extra)
