@@ -48,7 +48,12 @@ class Hop:
     iface: Optional[str] = None
     node: Optional[str] = None
     steps: list[Step] = field(default_factory=list)
-    packet: str = ""
+    header: Optional[tuple] = None  # the packet's (src, sport, dst, dport, proto, mark) here
+
+    @property
+    def packet(self) -> str:
+        # formatted when shown, not during the walk (addresses' str() is slow)
+        return _header_text(*self.header) if self.header else ""
 
     def as_dict(self) -> dict:
         return {"netns": self.ns, "node": self.node, "iface": self.iface, "stage": self.stage,
@@ -95,9 +100,17 @@ def ep(addr, port) -> str:
 
 
 def summary(pkt: Packet) -> str:
-    s = f"{ep(pkt.src, pkt.sport)} -> {ep(pkt.dst, pkt.dport)} {pkt.proto}"
-    if pkt.mark:
-        s += f" mark {pkt.mark:#x}"
+    return _header_text(*_header(pkt))
+
+
+def _header(pkt: Packet) -> tuple:
+    return (pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.proto, pkt.mark)
+
+
+def _header_text(src, sport, dst, dport, proto, mark) -> str:
+    s = f"{ep(src, sport)} -> {ep(dst, dport)} {proto}"
+    if mark:
+        s += f" mark {mark:#x}"
     return s
 
 
@@ -146,12 +159,12 @@ class Walker:
             steps: Optional[list[Step]] = None, pkt: Optional[Packet] = None) -> None:
         if len(self.hops) >= MAX_HOPS:
             self._end("dropped", ns, "the walk exceeded its hop budget (a forwarding loop?)", pkt)
-        self.hops.append(Hop(ns.name, stage, text, iface, ns.node, list(steps or []),
-                             summary(pkt) if pkt is not None else ""))
+        self.hops.append(Hop(ns.name, stage, text, iface, ns.node, list(steps) if steps else [],
+                             _header(pkt) if pkt is not None else None))
 
     def _end(self, result: str, ns: Netns, reason: str, pkt: Optional[Packet],
              listener: Optional[Listener] = None):
-        self.hops.append(Hop(ns.name, result, reason, None, ns.node, [], summary(pkt) if pkt else ""))
+        self.hops.append(Hop(ns.name, result, reason, None, ns.node, [], _header(pkt) if pkt else None))
         raise _Done(Outcome(result, ns.name, reason, pkt.copy() if pkt else None, listener, ns.node))
 
     def _drop(self, ns: Netns, reason: str, pkt: Packet):
