@@ -235,3 +235,35 @@ def test_redirect_needs_an_address_on_the_incoming_interface(lab):
     state = lab.snapshot()
     predicted, _ = assert_agree(lab, state, pod, "10.96.0.1", 80)
     assert predicted == {("ok", host, "10.244.0.5")}
+
+
+def test_ecmp_route_is_a_branch_per_flow(lab):
+    """A multipath route: each nexthop is a possible outcome, weighted like the kernel's
+    nexthops; with fib_multipath_hash_policy=1 the kernel spreads connections over both."""
+    c, r, s1, s2 = lab.ns("client"), lab.ns("router"), lab.ns("s1"), lab.ns("s2")
+    lab.veth(c, "eth0", r, "c0")
+    lab.veth(s1, "eth0", r, "s1")
+    lab.veth(s2, "eth0", r, "s2")
+    lab.run(c, "ip addr add 10.1.0.2/24 dev eth0 && ip route add default via 10.1.0.1")
+    lab.run(r, "ip addr add 10.1.0.1/24 dev c0 && ip addr add 10.2.0.1/24 dev s1 && ip addr add 10.3.0.1/24 dev s2")
+    for ns, net in ((s1, "10.2.0"), (s2, "10.3.0")):
+        # both servers answer for the same (anycast) address
+        lab.run(ns, f"ip addr add {net}.2/24 dev eth0 && ip addr add 10.9.0.5/32 dev lo "
+                    f"&& ip route add default via {net}.1")
+        lab.server(ns, ns, tcp=[80])
+    lab.run(r, "ip route add 10.9.0.0/24 nexthop via 10.2.0.2 dev s1 weight 1 nexthop via 10.3.0.2 dev s2 weight 3")
+    lab.sysctl(r, "net.ipv4.ip_forward", "1")
+    lab.sysctl(r, "net.ipv4.fib_multipath_hash_policy", "1")
+    for conf in ("all", "s1", "s2"):
+        # strict: an answer passes when any nexthop of the route back leaves by its interface
+        lab.sysctl(r, f"net.ipv4.conf.{conf}.rp_filter", "1")
+    state = lab.snapshot()
+    result = trace(state, TraceRequest(c, Packet(ipaddress.ip_address("0.0.0.0"),
+                                                  ipaddress.ip_address("10.9.0.5"), "tcp", 40000, 80)))
+    assert all(b.reply.outcome.result == "delivered" for b in result.branches)
+    assert sorted((b.forward.outcome.ns, round(b.probability, 2)) for b in result.branches) == \
+        [(s1, 0.25), (s2, 0.75)]
+    route = next(h for h in result.branches[0].forward.hops if h.ns == r and h.stage == "route")
+    assert "via 10.2.0.2 dev s1" in route.text and "multipath: nexthop 1 of 2, weight 1/4" in route.text
+    _, seen = assert_agree(lab, state, c, "10.9.0.5", 80, tries=30)
+    assert {s[1] for s in seen} == {s1, s2}       # all 30 on one path: p = 0.75**30 < 2e-4

@@ -34,6 +34,7 @@ class RouteResult:
     src: Optional[IPAddress] = None
     rule: Optional[Rule] = None
     error: Optional[str] = None     # "Network is unreachable", ...
+    multipath: str = ""             # which nexthop of a multipath route a flow took, when chosen
 
     @property
     def nexthop(self) -> IPAddress:
@@ -43,6 +44,12 @@ class RouteResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def uses_dev(self, dev: str) -> bool:
+        """fib_info_nh_uses_dev: any nexthop of the route leaves via `dev` (rp_filter's test)."""
+        if self.route is None or not self.route.nexthops:
+            return self.dev == dev
+        return any(nh.dev == dev for nh in self.route.nexthops)
 
     def text(self, from_: Optional[IPAddress] = None, iif: Optional[str] = None) -> str:
         """`ip route get` output, e.g. `10.244.0.5 via 172.18.0.10 dev eth0 src 172.18.0.11 uid 0`."""
@@ -66,6 +73,8 @@ class RouteResult:
             parts += ["iif", iif]
         else:
             parts += ["uid", "0"]
+        if self.multipath:
+            parts.append(f"({self.multipath})")
         return " ".join(parts)
 
 
@@ -162,13 +171,22 @@ class RoutingTables:
                     best = r
         return best
 
-    def _result(self, dst: IPAddress, route: Route, rule: Rule, src: Optional[IPAddress]) -> RouteResult:
+    def on_path(self, result: RouteResult, index: int) -> RouteResult:
+        """`result` with the `index`th nexthop of its multipath route taken."""
+        chosen = self._result(result.dst, result.route, result.rule, None, index)
+        paths = result.route.paths()
+        total = sum(nh.weight for nh in paths)
+        chosen.multipath = f"multipath: nexthop {index + 1} of {len(paths)}, weight {paths[index].weight}/{total}"
+        return chosen
+
+    def _result(self, dst: IPAddress, route: Route, rule: Rule, src: Optional[IPAddress],
+                path_index: int = 0) -> RouteResult:
         if route.type in ("blackhole", "unreachable", "prohibit"):
             return RouteResult(dst, route.type, route, route.table, rule=rule,
                                error=_ERRORS.get(route.type))
         if route.type == "local":
             return RouteResult(dst, "local", route, route.table, dev="lo", src=route.src or dst, rule=rule)
-        path = route.paths()[0]
+        path = route.paths()[path_index]      # `ip route get`: the first nexthop
         dev = path.dev
         gateway = path.via
         result = RouteResult(dst, route.type, route, route.table, dev, gateway, None, rule)

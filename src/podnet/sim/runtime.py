@@ -29,6 +29,8 @@ class Runtime:
     sock_lb_reverse: dict[tuple, tuple] = field(default_factory=dict)
     # client sockets opened by the walk: (ns, proto, ip, port) -> peer (ip, port) as connected
     client_sockets: dict[tuple, tuple] = field(default_factory=dict)
+    # multipath routes: the nexthop each flow hashed to, (ns, route, flow) -> index
+    ecmp: dict[tuple, int] = field(default_factory=dict)
 
     def ct(self, ns: Netns) -> ConntrackTable:
         table = self.conntrack.get(ns.name)

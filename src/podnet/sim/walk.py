@@ -173,10 +173,9 @@ class Walker:
     # ------------------------------------------------------------ local output
     def _local_out(self, ns: Netns, frame: Frame, from_socket: bool = False) -> None:
         pkt = frame.pkt
-        routing = tables_of(ns)
         if from_socket:
             self._socket_lb_connect(ns, pkt)
-        route = routing.lookup(pkt.dst, None, None, None, pkt.mark)
+        route = self._route(ns, pkt, pkt.dst)
         self.hop(ns, "route", route.text(), route.dev, pkt=pkt)
         if not route.ok:
             self._drop(ns, f"no route to {pkt.dst}: {route.error}", pkt)
@@ -200,7 +199,7 @@ class Walker:
             self._hook(ns, "OUTPUT", frame, tracked, out_iface=route.dev, priorities=(None, PRIO_IPVS_LOCAL_OUT))
             vs = self._ipvs_schedule(ns, frame, tracked, "LOCAL_OUT")
             if vs is not None:
-                route = routing.lookup(pkt.dst, pkt.src, None, None, pkt.mark)
+                route = self._route(ns, pkt, pkt.dst, pkt.src)
                 self.hop(ns, "route", "re-route after IPVS: " + route.text(), route.dev, pkt=pkt)
                 if not route.ok:
                     self._drop(ns, f"no route to real server {pkt.dst}: {route.error}", pkt)
@@ -210,11 +209,34 @@ class Walker:
         else:
             self._hook(ns, "OUTPUT", frame, tracked, out_iface=route.dev)
         if (pkt.dst, pkt.dport) != before or note:
-            route = routing.lookup(pkt.dst, pkt.src, None, None, pkt.mark)
+            route = self._route(ns, pkt, pkt.dst, pkt.src)
             self.hop(ns, "route", "re-route after DNAT: " + route.text(), route.dev, pkt=pkt)
             if not route.ok:
                 self._drop(ns, f"no route to {pkt.dst}: {route.error}", pkt)
         self._output(ns, frame, route, tracked, in_link=None)
+
+    def _route(self, ns: Netns, pkt: Packet, dst: IPAddress, src: Optional[IPAddress] = None,
+               iif: Optional[str] = None) -> RouteResult:
+        """The routing decision for `pkt`. A multipath route sends each flow down the nexthop
+        its hash picks (fib_select_multipath). The hash is keyed by a per-boot random seed, so
+        which nexthop a flow takes is a branch, weighted as the kernel weighs the nexthops.
+        What makes a flow is fib_multipath_hash_policy's: the addresses (0, the default) or
+        the 5-tuple; the same flow keeps its nexthop for the rest of the walk."""
+        routing = tables_of(ns)
+        route = routing.lookup(dst, src, iif, None, pkt.mark)
+        if not route.ok or route.route is None or len(route.route.nexthops) < 2:
+            return route
+        paths = route.route.nexthops
+        flow = (ns.name, route.table, route.route.dst, pkt.src, dst)
+        if ns.sysctl("net.ipv4.fib_multipath_hash_policy", "0") != "0":
+            flow += (pkt.proto, pkt.sport, pkt.dport)
+        index = self.rt.ecmp.get(flow)
+        if index is None:
+            total = sum(nh.weight for nh in paths)
+            index = self.rt.choose(f"ecmp:{ns.name}:{route.route.dst}",
+                                   [(f"nexthop via {nh.via or '-'} dev {nh.dev}", nh.weight / total) for nh in paths])
+            self.rt.ecmp[flow] = index
+        return routing.on_path(route, index)
 
     def _socket_lb_connect(self, ns: Netns, pkt: Packet) -> None:
         """eBPF socket load-balancing: translate the service address at connect()/sendmsg()."""
@@ -566,7 +588,7 @@ class Walker:
         mode = ns.rp_filter(link.name)
         if mode and not pkt.src.is_unspecified:
             back = routing.lookup(pkt.src, None, None, None, pkt.mark)
-            if not back.ok or (mode == 1 and back.dev != link.name and back.type != "local"):
+            if not back.ok or (mode == 1 and not back.uses_dev(link.name) and back.type != "local"):
                 self._drop(ns, f"rp_filter={mode} on {link.name}: the route back to {pkt.src} "
                                f"{'does not exist' if not back.ok else 'leaves via ' + str(back.dev)}", pkt)
         if tracked is None:
@@ -576,7 +598,7 @@ class Walker:
             if note:
                 self.hop(ns, "conntrack", note, link.name, pkt=pkt)
             self._hook(ns, "PREROUTING", frame, tracked, in_iface=link.name)
-        route = routing.lookup(pkt.dst, pkt.src, link.name, None, pkt.mark)
+        route = self._route(ns, pkt, pkt.dst, pkt.src, link.name)
         if not route.ok:
             self.hop(ns, "route", route.text(pkt.src, link.name), link.name, pkt=pkt)
             if route.type == "blackhole":
@@ -703,7 +725,7 @@ class Walker:
         if vs is None:
             return False
         pkt = frame.pkt
-        route = tables_of(ns).lookup(pkt.dst, pkt.src, None, None, pkt.mark)
+        route = self._route(ns, pkt, pkt.dst, pkt.src)
         self.hop(ns, "route", route.text(), route.dev, pkt=pkt)
         if not route.ok:
             self._drop(ns, f"no route to real server {pkt.dst}: {route.error}", pkt)
