@@ -4,7 +4,7 @@
 
 SPEC (written by podnet.lab.lab from podnet.lab.workloads)::
 
-    {"name": "k8s-guide-worker", "ready_file": "...", "records": {...}, "zone": "cluster.local",
+    {"name": "k8s-guide-worker", "ready_file": "...",
      "namespaces": [{"netns": "lab-cni-...", "self": false,
                      "sockets": [{"proto": "tcp", "ip": "0.0.0.0", "port": 80, "kind": "http",
                                   "name": "default/web-abc"}, ...]}]}
@@ -18,7 +18,10 @@ namespace it was made in), and serves them all from one event loop:
 - http: reads a request, answers `HTTP/1.1 200` with that line as the body;
 - udp: answers every datagram with the line, from the address it was sent to
   (IP_PKTINFO), so replies also leave AnyIP and multi-address namespaces right;
-- dns: podnet.lab.resolver answers (UDP and TCP).
+- arp: answers ARP requests for a LoadBalancer IP (MetalLB's layer 2 speaker).
+
+kube-dns pods' port 53 is not the agent's: the lab runs `python -m podnet.dns
+serve` there.
 
 Once every socket is bound it writes {"ok": true} (or the errors) to the ready
 file. SIGTERM stops it.
@@ -43,13 +46,6 @@ else:
     from echo import describe, http_response      # type: ignore[no-redef]
     from nsutil import entered                    # type: ignore[no-redef]
 
-
-def _answer(*args, **kwargs):
-    if __package__:
-        from .resolver import answer
-    else:
-        from resolver import answer               # type: ignore[no-redef]
-    return answer(*args, **kwargs)
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
@@ -122,8 +118,6 @@ def _plain(addr: str) -> str:
 class Agent:
     def __init__(self, spec: dict):
         self.spec = spec
-        self.records = spec.get("records") or {}
-        self.zone = spec.get("zone", "cluster.local")
         self.sockets: list[tuple[socket.socket, dict]] = []
         self.errors: list[str] = []
 
@@ -158,7 +152,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sock, s in self.sockets:
             if s["proto"] == "tcp":
-                handler = self._http if s["kind"] == "http" else (self._dns_tcp if s["kind"] == "dns" else self._tcp)
+                handler = self._http if s["kind"] == "http" else self._tcp
                 await asyncio.start_server(lambda r, w, h=handler, s=s: h(r, w, s), sock=sock)
             elif s["proto"] == "arp":
                 loop.add_reader(sock.fileno(), self._arp, sock, s)
@@ -202,20 +196,6 @@ class Agent:
         finally:
             writer.close()
 
-    async def _dns_tcp(self, reader, writer, s) -> None:
-        try:
-            while True:
-                head = await asyncio.wait_for(reader.readexactly(2), 10)
-                data = await reader.readexactly(struct.unpack("!H", head)[0])
-                reply = _answer(data, self.records, self.zone, tcp=True)
-                if reply:
-                    writer.write(struct.pack("!H", len(reply)) + reply)
-                    await writer.drain()
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
     def _arp(self, sock: socket.socket, s: dict) -> None:
         try:
             frame = sock.recv(65535)
@@ -246,12 +226,7 @@ class Agent:
                 local_ip = socket.inet_ntop(socket.AF_INET6, cdata[:16])
                 cmsg = [(socket.IPPROTO_IPV6, IPV6_PKTINFO, cdata[:16] + struct.pack("=I", 0))]
         local = (local_ip or sock.getsockname()[0], sock.getsockname()[1])
-        if s["kind"] == "dns":
-            reply = _answer(data, self.records, self.zone)
-        else:
-            reply = describe(s["name"], (_plain(local[0]), local[1]), (_plain(peer[0]), peer[1]), "udp")
-        if not reply:
-            return
+        reply = describe(s["name"], (_plain(local[0]), local[1]), (_plain(peer[0]), peer[1]), "udp")
         try:
             sock.sendmsg([reply], cmsg, 0, peer)
         except OSError:

@@ -385,7 +385,6 @@ class Lab:
         adir.mkdir(parents=True, exist_ok=True)
         env = _child_env()
         waiting = {}
-        zone = cluster.config.cluster_domain.rstrip(".")
         for name in sorted(agents):
             ap = plan.agents.get(name)
             if ap is None:
@@ -393,9 +392,7 @@ class Lab:
             spec = ap.spec(self.kname)
             ready = adir / f"{name}.ready"
             ready.unlink(missing_ok=True)
-            spec.update(ready_file=str(ready), zone=zone,
-                        records=plan.records if any(s.kind == "dns" for socks in ap.sockets.values()
-                                                    for s in socks) else {})
+            spec.update(ready_file=str(ready))
             spec_path = adir / f"{name}.json"
             spec_path.write_text(json.dumps(spec, indent=1, sort_keys=True))
             with open(adir / f"{name}.log", "ab") as log:
@@ -408,7 +405,7 @@ class Lab:
             waiting[name] = (proc, ready)
         dns_waiting = {}
         for d in plan.dns:
-            if d.pod not in dns or not plan.external_dns:
+            if d.pod not in dns:
                 continue
             log_path = adir / f"dns-{d.pod.replace('/', '_')}.log"
             with open(log_path, "ab") as log:
@@ -520,17 +517,14 @@ class Lab:
                                                      rec.get("ipvs_fallback", "refuse"), notes)
             from .workloads import plan_workloads
             plan = plan_workloads(dp)
-            old_plan = plan_workloads(old_dp, external_dns=plan.external_dns)
+            old_plan = plan_workloads(old_dp)
             applier = self.applier()
             planned = applier.planned_namespaces(dp.state)
             def spec_of(p, n):
                 return json.dumps(p.agents[n].spec(self.kname), sort_keys=True) if n in p.agents else None
             changed_agents = {n for n in set(plan.agents) | set(old_plan.agents)
                               if spec_of(plan, n) != spec_of(old_plan, n)}
-            records_changed = plan.records != old_plan.records
-            if records_changed:
-                changed_agents |= {n for n, a in plan.agents.items()
-                                   if any(s.kind == "dns" for socks in a.sockets.values() for s in socks)}
+            records_changed = plan.dns_serial != old_plan.dns_serial
             old_dns = {d.pod: d for d in old_plan.dns}
             new_dns = {d.pod: d for d in plan.dns}
             changed_dns = {p for p in set(old_dns) | set(new_dns)

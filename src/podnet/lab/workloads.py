@@ -10,23 +10,23 @@ something listens. Every socket answers with podnet.lab.echo's line naming the
 pod, the address it was reached on and the client address it sees; HTTP ports
 (named http*, appProtocol http, 80, 8080) answer as an HTTP server.
 
-kube-dns pods answer DNS on their port 53: `python -m podnet.dns serve` in the
-pod's namespace when podnet.dns is installed, else the agent's minimal resolver
-(podnet.lab.resolver: A/AAAA for Services, headless Services and pods).
+kube-dns pods answer DNS on their port 53 with `python -m podnet.dns serve` in
+the pod's namespace (podnet's DNS server, CoreDNS's records), started by the lab
+beside the agents.
 
 Each pod's /etc/resolv.conf (per dnsPolicy) is written for `lab exec`.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Optional
 
 from ..api.objects import Pod
 from ..dataplane import Dataplane
 from ..dataplane.topology import INTERNET
+from ..dns.client import resolv_conf
+from ..dns.records import DNSRecords
 from ..errors import InputError
 
 HTTP_PORTS = {80, 8080, 8000, 8008, 8888, 3000, 5000, 9153, 10248, 10256}
@@ -40,7 +40,7 @@ class Socket:
     proto: str                      # tcp | udp
     ip: str
     port: int
-    kind: str                       # tcp | http | udp | dns
+    kind: str                       # tcp | http | udp | arp
     name: str                       # who answers: pod key, node/NAME, internet
     # answer from addresses that are local only through a route in another table than `local`
     # (the internet namespace's AnyIP): the kernel needs IP_TRANSPARENT to send from them
@@ -81,18 +81,8 @@ class DnsPlan:
 class WorkloadPlan:
     agents: dict[str, AgentPlan] = field(default_factory=dict)
     dns: list[DnsPlan] = field(default_factory=list)
-    records: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    dns_serial: int = 0             # the cluster zone's SOA serial: changes restart the DNS servers
     resolv: dict[str, str] = field(default_factory=dict)           # pod key -> resolv.conf text
-    external_dns: bool = False      # kube-dns pods run python -m podnet.dns serve
-
-
-def podnet_dns_available() -> bool:
-    """Whether `python -m podnet.dns serve` exists (the DNS server of issue #6)."""
-    try:
-        return (importlib.util.find_spec("podnet.dns.__main__") is not None
-                and importlib.util.find_spec("podnet.cli.dns") is not None)
-    except (ImportError, ValueError):
-        return False
 
 
 def dns_pods(cluster) -> set[str]:
@@ -129,10 +119,9 @@ def _http_ports(cluster, pod: Pod) -> set[int]:
     return ports
 
 
-def plan_workloads(dp: Dataplane, external_dns: Optional[bool] = None) -> WorkloadPlan:
+def plan_workloads(dp: Dataplane) -> WorkloadPlan:
     cluster = dp.cluster
     plan = WorkloadPlan()
-    plan.external_dns = podnet_dns_available() if external_dns is None else external_dns
     dns_keys = dns_pods(cluster)
     owners: dict[str, Pod] = {}
     for pod in cluster.pods:
@@ -168,10 +157,10 @@ def plan_workloads(dp: Dataplane, external_dns: Optional[bool] = None) -> Worklo
                 claimed[key] = who
             if any(s.proto == lst.proto and s.ip == str(lst.ip) and s.port == lst.port for s in socks):
                 continue
-            kind = lst.proto
             if who_pod is not None and who_pod.key in dns_keys and lst.port == 53:
-                kind = "dns"
-            elif lst.proto == "tcp" and lst.port in http:
+                continue                # the pod's DNS server (podnet.dns serve) binds it
+            kind = lst.proto
+            if lst.proto == "tcp" and lst.port in http:
                 kind = "http"
             if lst.proto not in ("tcp", "udp"):
                 continue                # sctp: not served
@@ -181,8 +170,6 @@ def plan_workloads(dp: Dataplane, external_dns: Optional[bool] = None) -> Worklo
         if ns.kind == "pod" and pod is not None and pod.key in dns_keys:
             ip = str(pod.pod_ip) if pod.pod_ip else ""
             plan.dns.append(DnsPlan(pod.key, ns.name, ip))
-            if plan.external_dns:
-                socks = [s for s in socks if s.kind != "dns"]
         if socks:
             plan.agents[ns.node].sockets[ns.name] = socks
     # the outside world: a few well-known ports on any address (the namespace is AnyIP)
@@ -197,7 +184,7 @@ def plan_workloads(dp: Dataplane, external_dns: Optional[bool] = None) -> Worklo
             socks += [Socket("udp", any_ip, p, "udp", INTERNET, True) for p in INTERNET_UDP]
         inet.sockets[INTERNET] = socks
         plan.agents[INTERNET] = inet
-    plan.records = dns_records(cluster)
+    plan.dns_serial = DNSRecords.from_cluster(cluster).serial
     for pod in cluster.pods:
         if pod.node_name and not pod.terminal:
             plan.resolv[pod.key] = resolv_conf_text(cluster, pod)
@@ -214,56 +201,6 @@ def _owner(ns, owner: str, pod: Optional[Pod]) -> tuple[str, str]:
     return f"node/{ns.name}", f"node {ns.name} ({owner})"
 
 
-# ----------------------------------------------------------------------------- DNS data
-
-def dns_records(cluster) -> dict[str, dict[str, list[str]]]:
-    """Names the built-in resolver answers: Services (ClusterIPs, or the ready pods of headless
-    ones, plus their pods' hostname records) and ExternalName CNAMEs."""
-    zone = cluster.config.cluster_domain.rstrip(".")
-    out: dict[str, dict[str, list[str]]] = {}
-
-    def add(name: str, ip) -> None:
-        rec = out.setdefault(name.lower() + ".", {})
-        rtype = "A" if ipaddress.ip_address(str(ip)).version == 4 else "AAAA"
-        if str(ip) not in rec.setdefault(rtype, []):
-            rec[rtype].append(str(ip))
-
-    for svc in cluster.services:
-        fqdn = f"{svc.name}.{svc.namespace}.svc.{zone}"
-        if svc.type == "ExternalName" and svc.external_name:
-            out[fqdn + "."] = {"CNAME": [svc.external_name.rstrip(".") + "."]}
-            continue
-        if not svc.headless:
-            for ip in svc.cluster_ips:
-                add(fqdn, ip)
-            continue
-        for sl in cluster.slices_of(svc):
-            for ep in sl.endpoints:
-                if ep.ready is False and not svc.publish_not_ready:
-                    continue
-                for ip in ep.addresses:
-                    add(fqdn, ip)
-                    if ep.hostname:
-                        add(f"{ep.hostname}.{fqdn}", ip)
-    return out
-
-
 def resolv_conf_text(cluster, pod: Pod) -> str:
-    try:
-        from ..dns.client import resolv_conf
-    except ImportError:
-        resolv_conf = None
-    if resolv_conf is not None:
-        return resolv_conf(pod, cluster).text()
-    zone = cluster.config.cluster_domain.rstrip(".")
-    svc = cluster.find_service("kube-system/kube-dns")
-    dns_ip = str(svc.cluster_ips[0]) if svc is not None and svc.cluster_ips else \
-        str(ipaddress.ip_address(int(cluster.config.service_subnet.network_address) + 10))
-    policy = pod.spec.dns_policy
-    if policy == "ClusterFirstWithHostNet" or (policy == "ClusterFirst" and not pod.host_network):
-        return (f"search {pod.namespace}.svc.{zone} svc.{zone} {zone}\nnameserver {dns_ip}\n"
-                "options ndots:5\n")
-    if policy == "None":
-        return ""
-    gateway = cluster.config.underlay[0].gateway if cluster.config.underlay else "127.0.0.11"
-    return f"nameserver {gateway}\noptions ndots:0\n"
+    """The pod's /etc/resolv.conf, as the kubelet writes it for its dnsPolicy."""
+    return resolv_conf(pod, cluster).text()
