@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..linux.iptables_builder import restore_statements
 from ..linux.state import DataplaneState, Link, Netns, Route
 from .apply import NORMALISED_SYSCTLS, Applier, _ipvs_text, fdb_key
 
@@ -268,21 +269,15 @@ def _norm_rule(rule: str, family: int) -> str:
 def normalise_iptables(text: str, family: int = 4) -> dict[str, dict]:
     """{table: {"policies": {chain: policy}, "chains": {chain: [normalised rule, ...]}}}"""
     tables: dict[str, dict] = {}
-    table = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or line == "COMMIT":
-            continue
-        if line.startswith("*"):
-            table = tables.setdefault(line[1:], {"policies": {}, "chains": {}})
-        elif line.startswith(":") and table is not None:
-            name, policy = (line[1:].split() + ["-"])[:2]
-            table["chains"].setdefault(name, [])
-            if policy != "-":
-                table["policies"][name] = policy
-        elif line.startswith("-A ") and table is not None:
-            _, chain, *rest = line.split(" ", 2)
-            table["chains"].setdefault(chain, []).append(_norm_rule(rest[0] if rest else "", family))
+    for kind, name, chain, rest in restore_statements(text):
+        if kind == "table":
+            tables.setdefault(name, {"policies": {}, "chains": {}})
+        elif kind == "chain" and name is not None:
+            tables[name]["chains"].setdefault(chain, [])
+            if rest != "-":
+                tables[name]["policies"][chain] = rest
+        elif kind == "rule" and name is not None:
+            tables[name]["chains"].setdefault(chain, []).append(_norm_rule(rest, family))
     # empty tables say nothing (iptables-save leaves out tables nobody touched)
     return {name: t for name, t in tables.items() if any(t["chains"].values()) or
             any(p != "ACCEPT" for p in t["policies"].values())}

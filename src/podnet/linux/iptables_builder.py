@@ -78,26 +78,17 @@ class IptablesBuilder:
 
     def add_restore(self, text: str) -> None:
         """Merge an iptables-restore payload (chain declarations and -A rules)."""
-        table = None
-        for raw in text.splitlines():
-            line = raw.strip()
-            if not line or line.startswith("#") or line == "COMMIT":
-                continue
-            if line.startswith("*"):
-                table = line[1:]
+        for kind, table, chain, rest in restore_statements(text):
+            if kind == "table":
                 self.table(table)
-            elif line.startswith(":"):
-                name, policy = line[1:].split()[:2]
-                self.chain(table, name)
-                if policy != "-":
-                    self.policy(table, name, policy)
-            elif line.startswith("-A "):
-                _, chain, rest = line.split(" ", 2)
+            elif kind == "chain":
+                self.chain(table, chain)
+                if rest != "-":
+                    self.policy(table, chain, rest)
+            elif kind == "rule":
                 self.append(table, chain, rest)
-            elif line.startswith("-X ") or line.startswith("-F "):
-                continue
-            else:
-                raise ValueError(f"unexpected iptables-restore line: {line}")
+            elif not rest.startswith(("-X ", "-F ")):
+                raise ValueError(f"unexpected iptables-restore line: {rest}")
 
     def render(self) -> str:
         out = []
@@ -115,3 +106,26 @@ class IptablesBuilder:
                     out.append(f"-A {c} {rule}")
             out.append("COMMIT")
         return "\n".join(out) + ("\n" if out else "")
+
+
+def restore_statements(text: str):
+    """The statements of iptables-save / iptables-restore text, with the table they are in:
+    ("table", TABLE, None, None), ("chain", TABLE, CHAIN, POLICY or "-"), ("rule", TABLE, CHAIN,
+    the rule after `-A CHAIN`), ("other", TABLE, None, the line). Comments, blank lines and
+    COMMIT are left out."""
+    table = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or line == "COMMIT":
+            continue
+        if line.startswith("*"):
+            table = line[1:]
+            yield "table", table, None, None
+        elif line.startswith(":"):
+            name, policy = (line[1:].split() + ["-"])[:2]
+            yield "chain", table, name, policy
+        elif line.startswith("-A "):
+            _, chain, *rest = line.split(" ", 2)
+            yield "rule", table, chain, rest[0] if rest else ""
+        else:
+            yield "other", table, None, line
