@@ -136,7 +136,8 @@ def load_rules(rules_json: list, family: int) -> list[Rule]:
             iif=r.get("iif"), oif=r.get("oif"),
             fwmark=int(fwmark, 0) if fwmark else None,
             fwmask=int(r["fwmask"], 0) if r.get("fwmask") else None,
-            invert=bool(r.get("not")), family=family))
+            invert="not" in r and r["not"] is not False,   # iproute2 prints "not": null
+            family=family))
     return out
 
 
@@ -167,7 +168,10 @@ def parse_conntrack(text: str) -> list[ConntrackEntry]:
             continue
         o, r = tuples[0], tuples[1]
         mark = int(dict(kv).get("mark", "0"), 0)
-        flags = frozenset(re.findall(r"\[(\w+)\]", line))
+        flags = set(re.findall(r"\[(\w+)\]", line))
+        if "UNREPLIED" not in flags:
+            flags.add("SEEN_REPLY")         # conntrack -L marks only the entries without a reply
+        flags = frozenset(flags)
 
         def port(d, key):
             return int(d[key]) if key in d else None
