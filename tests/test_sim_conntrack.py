@@ -27,3 +27,23 @@ def test_a_packet_seen_again_after_nat_gets_a_free_source_port():
     # the answer to each finds its own entry
     assert table.lookup(Packet(ip("10.44.0.2"), ip("10.40.0.0"), "tcp", 80, 40001))[0] is t2.conn
     assert table.lookup(Packet(ip("10.44.0.2"), ip("10.40.0.0"), "tcp", 80, 40000))[0] is t1.conn
+
+
+def test_snapshot_entries_without_unreplied_have_seen_a_reply():
+    """`conntrack -L` flags only [UNREPLIED] entries; a replied UDP flow is often not
+    [ASSURED] either. The original direction of an unreplied entry is still NEW (as
+    resolve_normal_ct decides), of a replied one ESTABLISHED."""
+    from podnet.snapshot.load import parse_conntrack
+    entries = parse_conntrack(
+        "udp      17 28 src=10.1.0.2 dst=10.96.0.10 sport=43615 dport=53 src=10.2.0.12 "
+        "dst=10.1.0.2 sport=53 dport=43615 mark=0 use=1\n"
+        "udp      17 29 src=10.1.0.2 dst=10.96.0.10 sport=43616 dport=53 [UNREPLIED] "
+        "src=10.2.0.12 dst=10.1.0.2 sport=53 dport=43616 mark=0 use=1\n")
+    table = ConntrackTable.from_entries(entries)
+    replied = table.track(Packet(ip("10.1.0.2"), ip("10.96.0.10"), "udp", 43615, 53))
+    unreplied = table.track(Packet(ip("10.1.0.2"), ip("10.96.0.10"), "udp", 43616, 53))
+    assert not replied.new and not unreplied.new             # both are confirmed entries
+    assert replied.view().state == "ESTABLISHED" and "SEEN_REPLY" in replied.view().status
+    assert unreplied.view().state == "NEW" and "SEEN_REPLY" not in unreplied.view().status
+    answer = table.track(Packet(ip("10.2.0.12"), ip("10.1.0.2"), "udp", 53, 43616))
+    assert answer.view().state == "ESTABLISHED" and answer.direction == "REPLY"

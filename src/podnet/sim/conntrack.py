@@ -69,7 +69,9 @@ class Tracked:
             status.add("CONFIRMED")
         if c.seen_reply:
             status.add("SEEN_REPLY")
-        state = "NEW" if self.new else "ESTABLISHED"
+        # resolve_normal_ct: the original direction is NEW until a reply was seen
+        state = "NEW" if self.new or (self.direction == "ORIGINAL" and not c.seen_reply) \
+            else "ESTABLISHED"
         p, s, sp, d, dp = c.orig
         return ConnView(state=state, status=status, direction=self.direction, orig_src=s,
                         orig_dst=d, orig_sport=sp, orig_dport=dp, mark=c.mark)
