@@ -148,3 +148,13 @@ def test_errors_name_the_line(text, message):
     with pytest.raises(InputError) as err:
         IpsetStore.parse(text, source="ipset")
     assert str(err.value) == message
+
+
+def test_bitmap_port_takes_only_tcp_and_udp_ports():
+    """The kernel's bitmap:port reads TCP/UDP ports only; an ICMP echo request (type 8 as
+    port 8 << 8 = 2048, as hash:ip,port stores it) or an SCTP port never matches."""
+    store = IpsetStore.parse("create b bitmap:port range 0-65535\nadd b 2048\nadd b 80\n")
+    assert store.match_packet("b", ["dst"], pkt(proto="udp", dport=80))
+    assert not store.match_packet("b", ["dst"], pkt(proto="icmp", sport=None, dport=None,
+                                                    icmp_type=8, icmp_code=0))
+    assert not store.match_packet("b", ["dst"], pkt(proto="sctp", dport=80))

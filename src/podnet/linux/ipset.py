@@ -158,7 +158,8 @@ class IpSet:
                 values.append(packet.src if src else packet.dst)
             elif kind in ("port", "portnum"):
                 port = _packet_port(packet, src)
-                if port is None:
+                # bitmap:port takes TCP and UDP ports only (ip_set_get_ip_port)
+                if port is None or (kind == "portnum" and port[0] not in ("tcp", "udp")):
                     return None
                 values.append(port if kind == "port" else port[1])
             elif kind == "mac":
