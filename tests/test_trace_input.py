@@ -63,3 +63,21 @@ def test_junk_after_a_bracketed_address_is_an_error():
 def test_an_unknown_name_says_which_flag_named_it(args, line):
     proc = run_podnet("trace", *args)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [line], proc.stderr
+
+
+def test_pick_follows_one_given_choice():
+    """--pick KEY=N follows option N of the choice KEY (the key -o json lists)."""
+    import json
+    key = "nat/KUBE-SVC-LOLE4ISW44XBNF3G#2"
+    every = json.loads(run_podnet("trace", "--no-reply", "-o", "json", "--from", TSHOOT,
+                                  "--to", "svc/web:80").stdout)["outcomes"]
+    assert [o["choices"][0]["key"] for o in every] == [key, key]
+    for index in (0, 1):
+        proc = run_podnet("trace", "--no-reply", "-o", "json", "--from", TSHOOT, "--to", "svc/web:80",
+                          "--pick", f"{key}={index}")
+        outcomes = json.loads(proc.stdout)["outcomes"]
+        assert len(outcomes) == 1
+        assert outcomes[0]["forward"]["netns"] == every[index]["forward"]["netns"]
+        assert outcomes[0]["choices"][0]["option"] == every[index]["choices"][0]["option"]
+    proc = run_podnet("trace", "--from", TSHOOT, "--to", "svc/web:80", "--pick", "nokey")
+    assert proc.returncode == 1 and proc.stderr.strip().startswith("error: --pick: expected KEY=N")

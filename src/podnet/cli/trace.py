@@ -47,6 +47,9 @@ def build_request(src, dst, proto: str, sport: int, size: int, reply: bool, seed
 @click.option("--size", type=int, default=84, show_default=True, help="Packet size in bytes (MTU checks).")
 @click.option("--reply/--no-reply", default=True, show_default=True, help="Also walk the answer back.")
 @click.option("--seed", type=int, default=None, help="Follow one random draw instead of listing every outcome.")
+@click.option("--pick", "pick", multiple=True, metavar="KEY=N",
+              help="Follow option N (0 first) of the random choice KEY, as -o json names the "
+                   "choices (e.g. nat/KUBE-SVC-...#2=1); other choices take their first option.")
 @click.option("--snapshot", "snapshot_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Trace through a snapshot of real machines (podnet snapshot DIR) instead of a cluster.")
 @click.option("--cni", default=None, help="Override the cluster's CNI (kindnet, flannel, calico, weave, kubenet).")
@@ -56,8 +59,8 @@ def build_request(src, dst, proto: str, sport: int, size: int, reply: bool, seed
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @manifests_option
 @handle_errors
-def trace_cmd(source, destination, protocol, sport, size, reply, seed, snapshot_dir, cni, cni_mode, proxy_mode,
-              output, paths):
+def trace_cmd(source, destination, protocol, sport, size, reply, seed, pick, snapshot_dir, cni, cni_mode,
+              proxy_mode, output, paths):
     """Walk a packet through the dataplane and explain every hop.
 
     Each hop says where the packet is (node, namespace, interface), what the kernel
@@ -72,6 +75,7 @@ def trace_cmd(source, destination, protocol, sport, size, reply, seed, snapshot_
       podnet trace -f lab/ --from pod/net-tshoot-abcde --to 1.1.1.1:443
       podnet trace --snapshot dump/ --from 10.244.1.3 --to 10.96.0.10:53/udp
     """
+    picks = _picks(pick) if pick else None
     if snapshot_dir:
         if paths:
             raise InputError("use either --snapshot or -f, not both")
@@ -79,7 +83,7 @@ def trace_cmd(source, destination, protocol, sport, size, reply, seed, snapshot_
         state = load_snapshot(snapshot_dir)
         src = resolve_source(state, source)
         dst = resolve_destination(destination, None)
-        req = build_request(src, dst, protocol, sport, size, reply, seed, None)
+        req = build_request(src, dst, protocol, sport, size, reply, seed, picks)
     else:
         from ..dataplane import build_dataplane, resolve_endpoints
         if (click.get_current_context().get_parameter_source("protocol") is not ParameterSource.DEFAULT
@@ -89,13 +93,13 @@ def trace_cmd(source, destination, protocol, sport, size, reply, seed, snapshot_
         dp = build_dataplane(cluster)
         state = dp.state
         src, dst, preamble = resolve_endpoints(dp, source, destination, protocol)
-        req = build_request(src, dst, protocol, sport, size, reply, seed, None, state)
+        req = build_request(src, dst, protocol, sport, size, reply, seed, picks, state)
         if preamble and output == "text":
             click.echo(preamble)
         if dst.dns_server is not None:
             server, port, queries = dst.dns_server
             dns_dst = type(dst)(server, port, "udp", label=f"kube-dns {server}:{port}/udp")
-            dns_req = build_request(src, dns_dst, "udp", 53000, size, reply, seed, None, state)
+            dns_req = build_request(src, dns_dst, "udp", 53000, size, reply, seed, picks, state)
             dns_result = trace(state, dns_req)
             if output == "text":
                 click.echo(f"\n# each of the {queries} DNS quer{'y' if queries == 1 else 'ies'} travels like this:")
@@ -103,3 +107,14 @@ def trace_cmd(source, destination, protocol, sport, size, reply, seed, snapshot_
                 click.echo("\n# then the connection itself:")
     result = trace(state, req)
     click.echo(explain_json(state, result) if output == "json" else explain_text(state, result))
+
+
+def _picks(values) -> dict[str, int]:
+    """--pick KEY=N (repeatable) -> {KEY: N}."""
+    out = {}
+    for value in values:
+        key, sep, index = value.rpartition("=")
+        if not sep or not key or not index.isdigit():
+            raise InputError(f"expected KEY=N (N a number), got {value!r}", field="--pick")
+        out[key] = int(index)
+    return out
