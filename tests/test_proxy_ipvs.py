@@ -424,15 +424,26 @@ def test_sh_scheduler_hashes_the_source_address(tmp_path):
         assert b.reply.outcome.result == "delivered"
 
 
-def test_mh_scheduler_sets_the_port_flag_and_branches(tmp_path):
+def test_mh_scheduler_sets_the_port_flag_and_hashes_the_client(tmp_path):
     dp = guide_lab(tmp_path, kube_proxy="ipvsScheduler: mh")
     ns = dp.node_netns(WORKER)
     from podnet.linux.render import ipvsadm_ln, ipvsadm_save
+    from podnet.sim.siphash import hsiphash_u32
     assert "TCP  10.96.0.1:443 mh (mh-port)" in ipvsadm_ln(ns.ipvs).splitlines()
     assert "-A -t 10.96.0.1:443 -s mh -b mh-port" in ipvsadm_save(ns.ipvs).splitlines()
-    result = walk(dp, f"pod/{pod_named(dp, 'net-tshoot', WORKER).name}", "svc/web:80")
-    assert delivered_to(result) == set(web_ips(dp).values())
-    assert "Maglev hash of the source address and port" in ipvs_hops(result.branches[0])[0]
+    vip = str(dp.cluster.service("web").cluster_ip)
+    for node_name in (WORKER, "k8s-guide-worker2"):
+        svc = next(s for s in dp.node_netns(node_name).ipvs if str(s.vip) == vip)
+        tshoot = pod_named(dp, "net-tshoot", node_name)
+        (b,) = walk(dp, f"pod/{tshoot.name}", "svc/web:80").branches     # no branch: a hash
+        # ip_vs_mh_hashkey: hsiphash of address + source port (the walk's 40000) into 4093 slots
+        slot = hsiphash_u32(int(tshoot.pod_ip) + 40000, sched.MH_HASH1) % 4093
+        table = sched.mh_lookup(sched._mh_dests(svc, sched.kernel_order(svc), lambda r: r.weight))
+        want = svc.reals[sched.kernel_order(svc)[table[slot]]]
+        assert f"Maglev hash of the source address {tshoot.pod_ip} and port 40000 -> slot {slot} of 4093" \
+            in ipvs_hops(b)[0]
+        assert b.forward.outcome.packet.dst == want.ip
+        assert b.reply.outcome.result == "delivered"
 
 
 def _svc(scheduler, weights, conns=None, flags=()):
