@@ -470,13 +470,45 @@ def test_statistic_branches_explore_every_endpoint_in_order():
     assert branches[0].result.steps[0].note == "probability 0.333333: taken"
 
 
-def test_statistic_nth_and_negation():
+def test_statistic_random_negation():
     def run(rule):
         return explore(lambda choose: verdict(f"-A INPUT {rule} -j DROP", choose=choose).verdict)
-    nth = run("-m statistic --mode nth --every 4 --packet 0")
-    assert [(b.result, b.probability) for b in nth] == [("DROP", 0.25), ("ACCEPT", 0.75)]
     negated = run("-m statistic --mode random ! --probability 0.25")
     assert [(b.result, b.probability) for b in negated] == [("ACCEPT", 0.25), ("DROP", 0.75)]
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("--every 3 --packet 0", "DAADAAD"),       # the first packet after loading matches
+    ("--every 3 --packet 1", "ADAADAA"),
+    ("--every 3 --packet 2", "AADAADA"),
+    ("--every 1", "DDDDDDD"),
+    ("! --every 2 --packet 0", "ADADADA"),
+])
+def test_statistic_nth_is_a_per_rule_counter_not_a_branch(spec, expected):
+    """xt_statistic's nth mode: the rule's counter starts at (every-1) - packet and the
+    rule matches when it wraps to 0; packets share it, and no choice is asked for."""
+    rs = Ruleset.parse(table(f"-A INPUT -m statistic --mode nth {spec} -j DROP"))
+    counters, asked = {}, []
+    got = ""
+    for _ in expected:
+        ctx = context(counters=counters, choose=lambda key, options: asked.append(key) or 0)
+        got += rs.evaluate("filter", "INPUT", ctx).verdict[0]
+    assert got == expected and asked == []
+
+
+def test_statistic_nth_counts_only_packets_that_reach_it_and_notes_the_counter():
+    rs = Ruleset.parse(table("-A INPUT -s 10.0.0.1 -m statistic --mode nth --every 2 --packet 1 -j DROP"))
+    counters = {}
+
+    def run(src):
+        return rs.evaluate("filter", "INPUT", context(packet(src=src), counters=counters))
+    assert run("10.0.0.9").verdict == "ACCEPT" and counters == {}     # -s failed first
+    assert run("10.0.0.1").verdict == "ACCEPT"                         # counter 0 -> 1
+    result = run("10.0.0.1")
+    assert result.verdict == "DROP"
+    assert result.steps[0].note == "nth: packet 1 of every 2 (counter 1 -> 0): taken"
+    with pytest.raises(InputError, match="--packet p must be 0 <= p <= n-1"):
+        Ruleset.parse(table("-A INPUT -m statistic --mode nth --every 2 --packet 2 -j DROP"))
 
 
 AFFINITY = """
@@ -496,8 +528,32 @@ def test_recent_set_then_rcheck_within_seconds():
     assert recent["aff"].entries == {ip("10.0.0.1"): [0]}
     assert run(50) == "ACCEPT"                  # remembered
     assert run(50, src="10.0.0.9") == "DROP"    # another source
-    assert run(151) == "DROP"                   # expired; --reap forgets both, set again
-    assert recent["aff"].entries == {ip("10.0.0.1"): [151]}
+    assert run(151) == "DROP"                   # expired; --reap forgets the oldest, set again
+    assert recent["aff"].entries == {ip("10.0.0.9"): [50], ip("10.0.0.1"): [151]}
+
+
+def test_recent_reap_removes_only_the_oldest_entry_and_never_the_updated_one():
+    """recent_entry_reap looks at the LRU head only (an update moves an entry to the tail)."""
+    recent = {}
+
+    def run(rule, src, now):
+        return matches(f"-m recent --name r {rule}", packet(src=src), recent=recent, now=now)
+    for now, src in ((0, "10.0.0.1"), (10, "10.0.0.2"), (20, "10.0.0.3")):
+        assert run("--set", src, now)
+    assert run("--update --seconds 100", "10.0.0.1", 50)          # a hit: .1 moves to the tail
+    assert not run("--rcheck --seconds 100 --reap", "10.0.0.3", 200)
+    assert list(recent["r"].entries) == [ip("10.0.0.3"), ip("10.0.0.1")]   # .2 (the head) reaped
+    assert not run("--rcheck --seconds 100 --reap", "10.0.0.3", 200)    # the head is .3 itself
+    assert list(recent["r"].entries) == [ip("10.0.0.1")]
+    assert run("! --update --seconds 100 --reap", "10.0.0.1", 300)       # no hit, inverted: updated
+    assert recent["r"].entries == {ip("10.0.0.1"): [0, 50, 300]}
+
+
+def test_recent_list_keeps_at_most_100_addresses():
+    recent = {}
+    for i in range(101):
+        matches("-m recent --name r --set", packet(src=f"10.0.1.{i}"), recent=recent, now=i)
+    assert len(recent["r"].entries) == 100 and ip("10.0.1.0") not in recent["r"].entries
 
 
 def test_recent_update_remove_hitcount_rdest_and_mask():

@@ -229,3 +229,44 @@ def test_kube_proxy_rules_mean_the_same_after_the_kernel_rewrites_them(netns):
                              ("filter", "KUBE-PROXY-FIREWALL"), ("filter", "KUBE-NODEPORTS")):
             assert walk(ours, table, chain, src, dst, port) == \
                 walk(kernels, table, chain, src, dst, port), (src, dst, port, chain)
+
+
+NTH = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:HIT - [0:0]
+-A OUTPUT -p udp -m udp --dport 9 -m statistic --mode nth --every 3 --packet 0 -j HIT
+-A OUTPUT -p udp -m udp --dport 9 -m statistic --mode nth --every 3 --packet 1 -j HIT
+-A OUTPUT -p udp -m udp --dport 9 -m statistic --mode nth --every 3 --packet 2 -j HIT
+-A OUTPUT -p udp -m udp --dport 9 -m statistic --mode nth ! --every 2 --packet 1 -j HIT
+COMMIT
+"""
+
+
+def test_statistic_nth_matches_the_packets_the_kernel_matches(netns):
+    """Packets sent one by one through freshly loaded nth rules: after each, the rules
+    whose packet counter grew are the ones podnet's per-rule counters say matched."""
+    import sys
+    in_ns(netns, "ip", "link", "set", "lo", "up")
+    in_ns(netns, "iptables-restore", stdin=NTH)
+    rules = Ruleset.parse(NTH)
+    counters: dict = {}
+    send = "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 9))"
+
+    def kernel_counts() -> list[int]:
+        saved = in_ns(netns, "iptables-save", "-c", "-t", "filter")
+        return [int(line[1:].split(":")[0]) for line in saved.splitlines()
+                if line.startswith("[") and "-A OUTPUT" in line]
+    before = kernel_counts()
+    for _ in range(7):
+        in_ns(netns, sys.executable, "-c", send)
+        after = kernel_counts()
+        kernel = [i + 1 for i, (a, b) in enumerate(zip(before, after)) if b > a]
+        before = after
+        pkt = Packet(ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("127.0.0.1"), "udp",
+                     40000, 9)
+        result = rules.evaluate("filter", "OUTPUT", HookContext("OUTPUT", pkt, ConnView(),
+                                                               counters=counters))
+        ours = [s.index for s in result.steps if s.chain == "OUTPUT" and s.index]
+        assert ours == kernel

@@ -646,6 +646,21 @@ def test_numgen_asks_the_chooser():
     assert result.steps[0].note == "numgen random mod 3: 1 of 3"
 
 
+def test_numgen_inc_is_a_counter_not_a_branch():
+    """nft_ng_inc_gen: the expression's counter starts at mod - 1, so the first packet
+    gets 0 (+ offset), then 1, 2, 0...; no choice is asked for."""
+    rs = chain("numgen inc mod 3 offset 5 vmap { 5 : accept, 6 : drop, 7 : continue }")
+    counters, asked, got = {}, [], []
+    for _ in range(4):
+        result = run(rs, ctx(counters=counters, choose=lambda key, options: asked.append(key) or 0))
+        got.append((result.verdict, result.steps[0].note if result.steps else ""))
+    assert asked == []
+    assert got == [("ACCEPT", "numgen inc mod 3: 5 (counter 2 -> 0)"),
+                   ("DROP", "numgen inc mod 3: 6 (counter 0 -> 1)"),
+                   ("ACCEPT", "numgen inc mod 3: 7 (counter 1 -> 2)"),   # continue: policy
+                   ("ACCEPT", "numgen inc mod 3: 5 (counter 2 -> 0)")]
+
+
 def test_numgen_branches_are_explored_in_order():
     rs = chain("numgen random mod 2 offset 5 vmap { 5 : goto a, 6 : goto b }",
                extra="chain a { dnat to 10.0.0.1 }\nchain b { dnat to 10.0.0.2 }",

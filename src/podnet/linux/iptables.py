@@ -48,6 +48,7 @@ NO_OUT_IFACE = ("PREROUTING", "INPUT")       # ... and -o
 U32 = 0xFFFFFFFF
 DISPATCH_MIN_RULES = 16                      # chains shorter than this are scanned
 RECENT_STAMPS = 20                           # xt_recent ip_pkt_list_tot default
+RECENT_ENTRIES = 100                         # xt_recent ip_list_tot default: addresses per list
 
 
 class LineError(Exception):
@@ -294,7 +295,7 @@ class Rule:
     key: str = ""                    # "table/chain#index": the key of its random choices
     dst: Optional[IPAddress] = None  # its `-d` when that is one host (dispatch key)
     dport: Optional[int] = None      # its single `--dport` when it has no side effects
-    note: str = ""                   # shown on the Step when it matches
+    note: object = ""                # shown on the Step when it matches (or note(ctx))
 
     def matches(self, ctx: HookContext) -> bool:
         for pred in self.preds:
@@ -882,16 +883,39 @@ def _statistic(o: Opts, env: _Env) -> list[Pred]:
             raise LineError(f"bad --probability '{_arg(o, 'probability')}'") from None
         env.note = f"probability {p:g}: taken"
     elif mode == "nth":
-        every = _num(_arg(o, "every", "0"), "--every")
-        if every < 1:
-            raise LineError("nth mode needs --every N")
-        p = 1.0 / every
-        env.note = f"every {every}th packet: taken"
+        return _statistic_nth(o, env, neg)
     else:
         raise LineError(f"bad statistic --mode '{mode}'")
     options = (("match", p), ("no match", 1.0 - p))
     rule = env.rule
     return [lambda ctx: (ctx.choose(rule.key, options) == 0) != neg]
+
+
+def _statistic_nth(o: Opts, env: _Env, neg: bool) -> list[Pred]:
+    """Not a random branch: libxt_statistic stores every - 1 and the counter's start,
+    count = (every - 1) - packet; statistic_mt steps the rule's counter (shared by every
+    packet through the rule) and matches when it wraps to 0. So the first packet after
+    the rule is loaded matches iff --packet is 0, then every Nth."""
+    every = _num(_arg(o, "every", "0"), "--every")
+    packet = _num(_arg(o, "packet", "0"), "--packet")
+    if every < 1:
+        raise LineError("nth mode needs --every N")
+    if packet > every - 1:
+        raise LineError("the --packet p must be 0 <= p <= n-1")
+    last = every - 1                                  # info->u.nth.every
+
+    def nth(ctx):
+        oval = ctx.counters.get(nth, last - packet)  # xt_statistic_priv.count
+        nval = ctx.counters[nth] = 0 if oval == last else oval + 1
+        return (nval == 0) != neg
+
+    def note(ctx) -> str:
+        nval = ctx.counters[nth]
+        oval = last if nval == 0 else nval - 1
+        return f"nth: packet {nval + 1} of every {every} (counter {oval} -> {nval})" + \
+            (": taken" if nval == 0 else "")
+    env.note = note
+    return [nth]
 
 
 @_match("recent", "name:1 set:0 rcheck:0 update:0 remove:0 seconds:1 reap:0 hitcount:1 rttl:0 "
@@ -922,12 +946,14 @@ def _recent(o: Opts, env: _Env) -> list[Pred]:
         table = ctx.recent.get(name)
         if table is None:
             table = ctx.recent[name] = RecentList()
-        entries, now = table.entries, ctx.now
+        entries, now = table.entries, ctx.now      # in LRU order: the oldest first
         ret = invert
         stamps = entries.get(addr)
         if stamps is None:
             if mode != "set":
                 return ret
+            if len(entries) >= RECENT_ENTRIES:       # recent_entry_init: a full list drops its oldest
+                del entries[next(iter(entries))]
             entries[addr] = [now]
             return not ret
         if mode == "set":
@@ -946,12 +972,14 @@ def _recent(o: Opts, env: _Env) -> list[Pred]:
                     ret = not ret
                     break
             if reap:
-                updating = mode == "update" and ret
-                for other in [a for a, s in entries.items() if s[-1] < since]:
-                    if not (other == addr and updating):
-                        del entries[other]
+                # recent_entry_reap: only the LRU head (the oldest entry), when its last stamp
+                # is older than --seconds, and never the entry about to be updated
+                oldest = next(iter(entries))
+                if not (oldest == addr and mode == "update" and ret) and entries[oldest][-1] < since:
+                    del entries[oldest]
         if mode == "set" or (mode == "update" and ret):
-            stamps = entries.setdefault(addr, [])
+            # recent_entry_update: a new stamp, and the entry moves to the LRU list's tail
+            stamps = entries[addr] = entries.pop(addr)
             stamps.append(now)
             del stamps[:-RECENT_STAMPS]
         return ret
@@ -1462,8 +1490,9 @@ class Ruleset:
             else:
                 target = rule.target
                 kind = target.kind
+                note = rule.note
                 steps.append(Step(engine, table, current.name, rule.index, rule.text,
-                                  target.action, rule.note))
+                                  target.action, note if note.__class__ is str else note(ctx)))
                 if kind == CONTINUE:
                     if target.effect is not None:
                         target.effect(ctx, result)

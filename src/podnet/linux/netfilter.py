@@ -6,6 +6,8 @@ priority order, with a `HookContext`. An engine evaluates its rules for real
 
 Random choices (`-m statistic --mode random`, `numgen random mod N`, IPVS
 schedulers...) are never made by the engine itself: it asks `ctx.choose(...)`.
+Deterministic per-rule counters (`-m statistic --mode nth`, `numgen inc`) are
+no choice: they live in `ctx.counters`.
 The simulator runs the whole walk once per combination of choices, so the same
 deterministic code yields every possible outcome with its probability (see
 podnet.sim.branches).
@@ -195,6 +197,11 @@ class HookContext:
     ipsets: Optional[IpsetLookup] = None
     recent: dict[str, RecentList] = field(default_factory=dict)
     nfacct: set = field(default_factory=set)     # counters that exist (for -m nfacct)
+    # the per-rule counters of `-m statistic --mode nth` and nft `numgen inc`, which the kernel
+    # keeps in the rule (xt_statistic_priv.count, nft_ng_inc.counter): keyed by the match or
+    # expression object, so every packet through that rule shares one, and a ruleset parsed
+    # again starts afresh (as after iptables-restore / nft -f)
+    counters: dict = field(default_factory=dict)
     now: float = 0.0
     choose: Chooser = lambda key, options: 0
     # mutable state owned by the nft engine across calls (dynamic sets), keyed by set

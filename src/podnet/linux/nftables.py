@@ -15,7 +15,8 @@ applies its policy. Set and map lookups are dict lookups for exact keys plus an
 interval index for prefixes, ranges and interface wildcards, so a verdict-map
 dispatch costs the same for 10 services or 10,000.
 
-Random choices (`numgen`, `jhash`, `symhash`) are asked of `ctx.choose`, and
+Random choices (`numgen random`, `jhash`, `symhash`) are asked of `ctx.choose`
+(`numgen inc` is a counter kept in `ctx.counters`), and
 dynamic sets (`update @set { ip saddr }`) live in `ctx.nft_dynamic`, keyed by
 (family, table, set); see podnet.linux.netfilter.
 """
@@ -640,7 +641,19 @@ class _Choice(_Expr):
         self.dtypes = ("integer",)
 
     def eval(self, env):
+        if self.what == "numgen inc":
+            return self._inc(env) + self.offset
         return env.choose(f"{self.what} mod {self.mod}", self.mod) + self.offset
+
+    def _inc(self, env) -> int:
+        """nft_ng_inc_gen: no branch but the expression's own counter, shared by every packet
+        through the rule; nft_ng_inc_init starts it at mod - 1, so the first packet gets 0."""
+        counters = env.ctx.counters
+        oval = counters.get(self, self.mod - 1)
+        nval = counters[self] = oval + 1 if oval + 1 < self.mod else 0
+        env.note = (env.note + "; " if env.note else "") + \
+            f"numgen inc mod {self.mod}: {nval + self.offset} (counter {oval} -> {nval})"
+        return nval
 
     def sem(self):
         return ("choice", self.what, self.mod, self.offset,

@@ -107,7 +107,7 @@ def run_hook(ns: Netns, hook: str, pkt: Packet, conn: ConnView, runtime: Runtime
                       addr_type=routing.addr_type, ipsets=ipset_store(ns),
                       recent=runtime.recent_lists(ns), now=runtime.now, choose=runtime.choose,
                       nft_dynamic=runtime.nft_sets(ns), namespace=ns.name,
-                      nfacct={"*"}, ipvs=ipvs)
+                      nfacct={"*"}, ipvs=ipvs, counters=runtime.counters(ns))
     nat_done = False
     view = pkt          # what the next chain sees: the kernel rewrites the header in the nat chain
     for ref in chains:

@@ -24,6 +24,7 @@ class Runtime:
     conntrack: dict[str, ConntrackTable] = field(default_factory=dict)
     recent: dict[str, dict[str, RecentList]] = field(default_factory=dict)
     nft_dynamic: dict[str, dict] = field(default_factory=dict)
+    rule_counters: dict[str, dict] = field(default_factory=dict)   # ns -> HookContext.counters
     learned_fdb: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # (ns, bridge) -> mac -> port
     # eBPF socket-LB: connected sockets whose peer was translated at connect()
     sock_lb_reverse: dict[tuple, tuple] = field(default_factory=dict)
@@ -41,6 +42,9 @@ class Runtime:
 
     def recent_lists(self, ns: Netns) -> dict[str, RecentList]:
         return self.recent.setdefault(ns.name, {})
+
+    def counters(self, ns: Netns) -> dict:
+        return self.rule_counters.setdefault(ns.name, {})
 
     def nft_sets(self, ns: Netns) -> dict:
         return self.nft_dynamic.setdefault(ns.name, {})
