@@ -149,6 +149,37 @@ def test_restore_payloads():
     assert _ipvs_text(ns) == "-A -t 10.96.0.1:443 -s rr\n-a -t 10.96.0.1:443 -r 172.18.0.2:6443 -m -w 1\n"
 
 
+def test_fwmark_ipvs_services_are_parsed_and_round_trip():
+    """`ipvsadm -Sn` names a fwmark service `-f MARK` (IPv6: `-f MARK -6`); the model keeps it
+    as the kernel does (protocol TCP, address 0.0.0.0 / ::, port 0, the fwmark), and the
+    renderer, the lab's ipvsadm-restore text and `ipvsadm -Ln` name it the same way."""
+    from podnet.linux.render import ipvsadm_ln, ipvsadm_save
+    from podnet.snapshot.load import parse_ipvsadm
+    saved = ("-A -t 10.96.0.1:443 -s rr\n"
+             "-a -t 10.96.0.1:443 -r 172.18.0.2:6443 -m -w 1\n"
+             "-A -f 100 -s rr\n"
+             "-a -f 100 -r 10.0.0.1:80 -m -w 1\n"
+             "-a -f 100 -r 10.0.0.2:0 -g -w 3\n"
+             "-A -f 200 -6 -s sh -b sh-port -p 60\n"
+             "-a -f 200 -6 -r [fd00::1]:443 -m -w 1")
+    services = parse_ipvsadm(saved)
+    fwm = {s.fwmark: s for s in services if s.fwmark is not None}
+    assert sorted(fwm) == [100, 200]
+    assert (fwm[100].protocol, str(fwm[100].vip), fwm[100].port, fwm[100].scheduler) == \
+        ("TCP", "0.0.0.0", 0, "rr")
+    assert [(str(r.ip), r.port, r.method, r.weight) for r in fwm[100].reals] == \
+        [("10.0.0.1", 80, "Masq", 1), ("10.0.0.2", 0, "Route", 3)]
+    assert str(fwm[200].vip) == "::" and fwm[200].persistent == 60 and fwm[200].sched_flags == ("sh-port",)
+    assert ipvsadm_save(services) == saved
+    ns = Netns("n")
+    ns.ipvs.extend(services)
+    assert _ipvs_text(ns) == saved + "\n"
+    listed = ipvsadm_ln(services).splitlines()
+    assert "FWM  100 rr" in listed and "FWM  200 IPv6 sh (sh-port) persistent 60" in listed
+    # ipvsadm-restore also takes a real server without a port
+    assert parse_ipvsadm("-A -f 7 -s rr\n-a -f 7 -r 10.0.0.9 -m")[0].reals[0].port == 0
+
+
 def test_lab_commands_need_root(monkeypatch):
     from podnet.cli.main import cli
     monkeypatch.setattr("os.geteuid", lambda: 1000)

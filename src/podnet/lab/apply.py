@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 from ..errors import PodnetError
+from ..linux.render import ipvsadm_save
 from ..linux.state import DataplaneState, FdbEntry, Link, Neighbour, Netns, Route, Rule, default_rules
 from . import nsutil
 
@@ -893,21 +894,8 @@ def _ipset_replacing(text: str) -> str:
 
 def _ipvs_text(ns: Netns) -> str:
     """`ipvsadm -Sn` text for the namespace's IPVS table (what ipvsadm-restore reads)."""
-    lines = []
-    for svc in ns.ipvs:
-        flag = {"TCP": "-t", "UDP": "-u", "SCTP": "--sctp-service"}[svc.protocol.upper()]
-        vip = f"[{svc.vip}]" if svc.vip.version == 6 else str(svc.vip)
-        head = f"-A {flag} {vip}:{svc.port} -s {svc.scheduler}"
-        if svc.sched_flags:
-            head += f" -b {','.join(svc.sched_flags)}"
-        if svc.persistent:
-            head += f" -p {svc.persistent}"
-        lines.append(head)
-        for real in svc.reals:
-            rip = f"[{real.ip}]" if real.ip.version == 6 else str(real.ip)
-            method = {"Masq": "-m", "Route": "-g", "Tunnel": "-i"}.get(real.method, "-m")
-            lines.append(f"-a {flag} {vip}:{svc.port} -r {rip}:{real.port} {method} -w {real.weight}")
-    return "\n".join(lines) + ("\n" if lines else "")
+    text = ipvsadm_save(ns.ipvs)
+    return text + "\n" if text else ""
 
 
 def iter_model_links(state: DataplaneState) -> Iterable[tuple[Netns, Link]]:

@@ -158,30 +158,47 @@ def _hostport(ip, port) -> str:
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
+def _ipvs_order(s: IpvsService) -> tuple:
+    """ipvs_cmp_services: fwmark services after the others."""
+    return (s.fwmark or 0, s.protocol, s.vip.version, int(s.vip), s.port)
+
+
 def ipvsadm_ln(services: list[IpvsService]) -> str:
     lines = ["IP Virtual Server version 1.2.1 (size=4096)",
              "Prot LocalAddress:Port Scheduler Flags",
              "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn"]
-    for s in sorted(services, key=lambda s: (s.protocol, int(s.vip), s.port)):
+    for s in sorted(services, key=_ipvs_order):
         flags = f" ({','.join(s.sched_flags)})" if s.sched_flags else ""
         flags += f" persistent {s.persistent}" if s.persistent else ""
-        lines.append(f"{s.protocol:<4} {_hostport(s.vip, s.port)} {s.scheduler}{flags}")
+        if s.fwmark is not None:
+            name = f"FWM  {s.fwmark}" + (" IPv6" if s.vip.version == 6 else "")
+        else:
+            name = f"{s.protocol:<4} {_hostport(s.vip, s.port)}"
+        lines.append(f"{name} {s.scheduler}{flags}")
         for r in s.reals:
             lines.append(f"  -> {_hostport(r.ip, r.port):<28} {r.method:<7} {r.weight:<6} "
                          f"{r.active_conns:<10} 0")
     return "\n".join(lines)
 
 
+def ipvsadm_virtual(s: IpvsService) -> str:
+    """How ipvsadm -Sn names a virtual service: `-t 10.96.0.1:443`, `-f 100`, `-f 100 -6`."""
+    if s.fwmark is not None:
+        return f"-f {s.fwmark}" + (" -6" if s.vip.version == 6 else "")
+    flag = {"TCP": "-t", "UDP": "-u", "SCTP": "--sctp-service"}[s.protocol.upper()]
+    return f"{flag} {_hostport(s.vip, s.port)}"
+
+
 def ipvsadm_save(services: list[IpvsService]) -> str:
     """`ipvsadm -Sn` text (what ipvsadm-restore reads)."""
-    flag = {"TCP": "-t", "UDP": "-u", "SCTP": "--sctp-service"}
     method = {"Masq": "-m", "Route": "-g", "Tunnel": "-i"}
     lines = []
-    for s in sorted(services, key=lambda s: (s.protocol, int(s.vip), s.port)):
+    for s in sorted(services, key=_ipvs_order):
+        virtual = ipvsadm_virtual(s)
         p = f" -b {','.join(s.sched_flags)}" if s.sched_flags else ""
         p += f" -p {s.persistent}" if s.persistent else ""
-        lines.append(f"-A {flag[s.protocol]} {_hostport(s.vip, s.port)} -s {s.scheduler}{p}")
+        lines.append(f"-A {virtual} -s {s.scheduler}{p}")
         for r in s.reals:
-            lines.append(f"-a {flag[s.protocol]} {_hostport(s.vip, s.port)} -r {_hostport(r.ip, r.port)} "
+            lines.append(f"-a {virtual} -r {_hostport(r.ip, r.port)} "
                          f"{method.get(r.method, '-m')} -w {r.weight}")
     return "\n".join(lines)

@@ -183,11 +183,27 @@ def parse_conntrack(text: str) -> list[ConntrackEntry]:
 
 
 def _split_hostport(value: str) -> tuple:
+    """`10.0.0.1:80`, `[fd00::1]:80`; without a port (ipvsadm-restore takes `-r 10.0.0.1`): 0."""
     if value.startswith("["):
-        host, _, port = value[1:].partition("]:")
+        host, _, port = value[1:].partition("]")
+        port = port.lstrip(":")
     else:
-        host, _, port = value.rpartition(":")
-    return ipaddress.ip_address(host), int(port)
+        host, colon, port = value.rpartition(":")
+        if not colon:
+            host, port = value, ""
+    return ipaddress.ip_address(host), int(port or 0)
+
+
+def _ipvs_virtual(parts: list[str]) -> Optional[tuple]:
+    """The virtual service an `-A` / `-a` line names: (protocol, address, port, fwmark).
+    A fwmark service (`-f 100`, IPv6 with `-6`) is kept as ipvsadm hands it to the kernel:
+    protocol TCP, address 0.0.0.0 / ::, port 0."""
+    if parts[1] == "-f":
+        return "TCP", ipaddress.ip_address("::" if "-6" in parts else "0.0.0.0"), 0, int(parts[2], 0)
+    proto = {"-t": "TCP", "-u": "UDP", "--sctp-service": "SCTP"}.get(parts[1])
+    if proto is None:
+        return None
+    return (proto, *_split_hostport(parts[2]), None)
 
 
 def parse_ipvsadm(text: str) -> list[IpvsService]:
@@ -195,22 +211,23 @@ def parse_ipvsadm(text: str) -> list[IpvsService]:
     services: dict[tuple, IpvsService] = {}
     for line in text.splitlines():
         parts = line.split()
-        if not parts:
+        if len(parts) < 3 or parts[0] not in ("-A", "-a"):
             continue
-        proto = {"-t": "TCP", "-u": "UDP", "--sctp-service": "SCTP"}.get(parts[1]) if len(parts) > 2 else None
-        if parts[0] == "-A" and proto:
-            vip, port = _split_hostport(parts[2])
+        key = _ipvs_virtual(parts)
+        if key is None:
+            continue
+        if parts[0] == "-A":
+            proto, vip, port, fwmark = key
             sched = parts[parts.index("-s") + 1] if "-s" in parts else "wlc"
             persistent = int(parts[parts.index("-p") + 1]) if "-p" in parts else None
-            services[(proto, vip, port)] = IpvsService(proto, vip, port, sched, persistent)
+            svc = services[key] = IpvsService(proto, vip, port, sched, persistent, fwmark=fwmark)
             if "-b" in parts:
-                services[(proto, vip, port)].sched_flags = tuple(parts[parts.index("-b") + 1].split(","))
-        elif parts[0] == "-a" and proto:
-            vip, port = _split_hostport(parts[2])
+                svc.sched_flags = tuple(parts[parts.index("-b") + 1].split(","))
+        else:
             rip, rport = _split_hostport(parts[parts.index("-r") + 1])
             method = "Masq" if "-m" in parts else ("Tunnel" if "-i" in parts else "Route")
             weight = int(parts[parts.index("-w") + 1]) if "-w" in parts else 1
-            svc = services.get((proto, vip, port))
+            svc = services.get(key)
             if svc is not None:
                 svc.reals.append(IpvsRealServer(rip, rport, weight, method))
     return list(services.values())
