@@ -11,7 +11,7 @@ nf_nat hooks do.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from ..linux.netfilter import ConnView, Packet
 from ..linux.state import ConntrackEntry, IPAddress
@@ -23,6 +23,9 @@ def tuple_of(pkt: Packet) -> Tuple:
     return (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
 
 
+UDP_STREAM_AFTER = 2.0             # nf_conntrack_udp_packet: a stream when still active after 2 s
+
+
 @dataclass(slots=True)
 class Conn:
     orig: Tuple
@@ -32,6 +35,9 @@ class Conn:
     seen_reply: bool = False
     notrack: bool = False
     note: str = ""                  # who created it (e.g. "IPVS")
+    assured: bool = False           # IPS_ASSURED
+    tcp_state: str = ""             # TCP_CONNTRACK_* as conntrack -L names it (SYN_SENT, ...)
+    stream_ts: float = float("-inf")    # UDP: when the flow counts as a stream (ct->proto.udp)
 
     @property
     def dnat(self) -> bool:
@@ -41,12 +47,56 @@ class Conn:
     def snat(self) -> bool:
         return (self.reply[3], self.reply[4]) != (self.orig[1], self.orig[2])
 
+    def packet(self, pkt: Packet, direction: str, now: float) -> None:
+        """The protocol's packet handler, for what conntrack -L shows: the TCP state and
+        IPS_ASSURED. Then nf_conntrack_in marks a reply's entry SEEN_REPLY."""
+        proto = self.orig[0]
+        if proto == "tcp":
+            old, new = self.tcp_state, _tcp_next(self.tcp_state, pkt.tcp_flags, direction)
+            self.tcp_state = new
+            # nf_conntrack_tcp_packet: a valid ACK in ESTABLISHED after SYN_RECV (or an answer
+            # to a picked-up connection), once a reply was seen
+            if self.seen_reply and old in ("SYN_RECV", "ESTABLISHED") and new == "ESTABLISHED":
+                self.assured = True
+        elif proto in ("udp", "udplite"):
+            if not self.confirmed:
+                self.stream_ts = now + UDP_STREAM_AFTER
+            # nf_conntrack_udp_packet: traffic both ways and still active after 2 s
+            elif self.seen_reply and now > self.stream_ts:
+                self.assured = True
+        # icmp and the rest never get ASSURED; sctp does at COOKIE_ACK, chunks the model lacks
+        if direction == "REPLY":
+            self.seen_reply = True
+
     def text(self) -> str:
+        """As `conntrack -L` prints it (without the protocol number and timeout)."""
         p, s, sp, d, dp = self.orig
         _, rs, rsp, rd, rdp = self.reply
-        return (f"{p} src={s} dst={d} sport={sp} dport={dp} "
-                f"src={rs} dst={rd} sport={rsp} dport={rdp}"
-                + (" [ASSURED]" if self.seen_reply else " [UNREPLIED]") + f" mark={self.mark}")
+        return " ".join(w for w in (
+            p, self.tcp_state, _tuple_text(s, d, sp, dp),
+            "" if self.seen_reply else "[UNREPLIED]", _tuple_text(rs, rd, rsp, rdp),
+            "[ASSURED]" if self.assured else "", f"mark={self.mark}") if w)
+
+
+def _tuple_text(src, dst, sport, dport) -> str:
+    ports = f" sport={sport} dport={dport}" if sport is not None else ""
+    return f"src={src} dst={dst}{ports}"
+
+
+def _tcp_next(state: str, flags: frozenset, direction: str) -> str:
+    """tcp_conntracks for the handshake (a SYN, its SYN/ACK, the ACK), an ACK starting an
+    entry (nf_conntrack_tcp_loose picks the connection up as ESTABLISHED) and RST."""
+    if "RST" in flags:
+        return "CLOSE"
+    if "SYN" in flags:
+        if "ACK" not in flags and direction == "ORIGINAL" and state in ("", "SYN_SENT", "CLOSE"):
+            return "SYN_SENT"
+        if "ACK" in flags and direction == "REPLY" and state in ("SYN_SENT", "SYN_RECV"):
+            return "SYN_RECV"
+        return state
+    if "ACK" in flags and (state == "" or state == "SYN_RECV" and direction == "ORIGINAL"):
+        return "ESTABLISHED"
+    return state
 
 
 @dataclass(slots=True)
@@ -69,6 +119,8 @@ class Tracked:
             status.add("CONFIRMED")
         if c.seen_reply:
             status.add("SEEN_REPLY")
+        if c.assured:
+            status.add("ASSURED")
         # resolve_normal_ct: the original direction is NEW until a reply was seen
         state = "NEW" if self.new or (self.direction == "ORIGINAL" and not c.seen_reply) \
             else "ESTABLISHED"
@@ -81,6 +133,7 @@ class Tracked:
 class ConntrackTable:
     """One namespace's table (conntrack zones are per namespace)."""
     by_tuple: dict = field(default_factory=dict)   # tuple -> (Conn, direction)
+    clock: Callable[[], float] = lambda: 0.0        # the walk's time (Runtime.now)
 
     @classmethod
     def from_entries(cls, entries: list[ConntrackEntry]) -> "ConntrackTable":
@@ -89,7 +142,8 @@ class ConntrackTable:
             conn = Conn((e.proto, e.orig_src, e.orig_sport, e.orig_dst, e.orig_dport),
                         (e.proto, e.reply_src, e.reply_sport, e.reply_dst, e.reply_dport),
                         mark=e.mark, confirmed=True, seen_reply="SEEN_REPLY" in e.status
-                        or "ASSURED" in e.status)
+                        or "ASSURED" in e.status, assured="ASSURED" in e.status,
+                        tcp_state=e.state if e.proto == "tcp" else "")
             table.add(conn)
         return table
 
@@ -105,9 +159,11 @@ class ConntrackTable:
         hit = self.lookup(pkt)
         if hit is not None:
             conn, direction = hit
+            conn.packet(pkt, direction, self.clock())
             return Tracked(conn, direction, new=not conn.confirmed)
         t = tuple_of(pkt)
         conn = Conn(t, (t[0], t[3], t[4], t[1], t[2]))
+        conn.packet(pkt, "ORIGINAL", self.clock())
         return Tracked(conn, "ORIGINAL", new=True)
 
     def confirm(self, tracked: Tracked, pkt: Optional[Packet] = None) -> Optional[str]:

@@ -37,6 +37,7 @@ class Runtime:
         table = self.conntrack.get(ns.name)
         if table is None:
             table = ConntrackTable.from_entries(ns.conntrack)
+            table.clock = lambda: self.now
             self.conntrack[ns.name] = table
         return table
 
