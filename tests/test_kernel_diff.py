@@ -6,6 +6,8 @@ podnet's predicted verdict and rewritten addresses equal what the kernel did.
 """
 
 import ipaddress
+import subprocess
+import sys
 
 import pytest
 
@@ -202,10 +204,22 @@ def test_rp_filter_drop(lab):
     lab.run(b, "ip route add 203.0.113.1/32 via 198.51.100.2 dev dummy0")
     lab.sysctl(b, "net.ipv4.conf.all.rp_filter", "1")
     lab.sysctl(b, "net.ipv4.conf.eth0.rp_filter", "1")
+    lab.run(a, "ip route add 192.0.2.2/32 dev eth0 src 203.0.113.1")
     state = lab.snapshot()
+    predicted, _ = assert_agree(lab, state, a, "192.0.2.2", 80)
+    assert predicted == {("timeout", None, None)}
+    # the kernel already ignores the client's ARP request (arp_process validates its sender)
     pkt = Packet(ipaddress.ip_address("203.0.113.1"), ipaddress.ip_address("192.0.2.2"), "tcp", 40000, 80)
     outcome = trace(state, TraceRequest(a, pkt, reply=False)).branches[0].forward.outcome
-    assert outcome.result == "dropped" and "rp_filter" in outcome.reason
+    assert outcome.result == "dropped" and "no ARP reply for 192.0.2.2" in outcome.reason
+    assert "ignores the request from 203.0.113.1: rp_filter=1 on eth0" in outcome.reason
+    mac = lab.run(b, "cat /sys/class/net/eth0/address").strip()
+    lab.run(a, f"ip neigh replace 192.0.2.2 lladdr {mac} dev eth0 nud permanent")
+    state = lab.snapshot()
+    predicted, _ = assert_agree(lab, state, a, "192.0.2.2", 80)
+    assert predicted == {("timeout", None, None)}
+    outcome = trace(state, TraceRequest(a, pkt, reply=False)).branches[0].forward.outcome
+    assert outcome.result == "dropped" and outcome.reason.startswith("rp_filter=1 on eth0")
 
 
 def test_redirect_needs_an_address_on_the_incoming_interface(lab):
@@ -267,3 +281,105 @@ def test_ecmp_route_is_a_branch_per_flow(lab):
     assert "via 10.2.0.2 dev s1" in route.text and "multipath: nexthop 1 of 2, weight 1/4" in route.text
     _, seen = assert_agree(lab, state, c, "10.9.0.5", 80, tries=30)
     assert {s[1] for s in seen} == {s1, s2}       # all 30 on one path: p = 0.75**30 < 2e-4
+
+
+UDP_SEND = """
+import socket, sys
+host, port, size, pmtudisc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 10, pmtudisc)          # IP_MTU_DISCOVER: 2 = DO (DF), 0 = DONT
+s.settimeout(2)
+try:
+    s.sendto(b"x" * (size - 28), (host, port))         # size: the whole IP packet
+except OSError as e:
+    print("EMSGSIZE" if e.errno == 90 else f"ERROR {e.errno}")
+    sys.exit()
+try:
+    s.recv(65536)
+    print("ok")
+except OSError:
+    print("timeout")
+"""
+
+
+def test_mtu_df_drop_fragmentation_and_emsgsize(lab):
+    """A DF packet too big for the next hop: the router drops it (ICMP fragmentation needed),
+    before its FORWARD hook; without DF it is fragmented and arrives. The sender's own link
+    too small: a DF datagram fails with EMSGSIZE, a non-DF one is fragmented."""
+    c, r, s = lab.ns("client"), lab.ns("router"), lab.ns("server")
+    lab.veth(c, "eth0", r, "c0")
+    lab.veth(s, "eth0", r, "s0")
+    lab.run(c, "ip addr add 10.1.0.2/24 dev eth0 && ip route add default via 10.1.0.1")
+    lab.run(s, "ip link set eth0 mtu 1400 && ip addr add 10.2.0.2/24 dev eth0 && ip route add default via 10.2.0.1")
+    lab.run(r, "ip addr add 10.1.0.1/24 dev c0 && ip link set s0 mtu 1400 && ip addr add 10.2.0.1/24 dev s0")
+    lab.run(r, "iptables -A FORWARD -j ACCEPT")
+    lab.sysctl(r, "net.ipv4.ip_forward", "1")
+    lab.server(s, s, udp=[53])
+    lab.server(c, c, udp=[53])
+    state = lab.snapshot()
+
+    def kernel(ns, dst, df):
+        out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", UDP_SEND, dst, "53", "1500",
+                              "2" if df else "0"], capture_output=True, text=True)
+        return out.stdout.strip()
+
+    def podnet(ns, src, dst, df):
+        pkt = Packet(ipaddress.ip_address(src), ipaddress.ip_address(dst), "udp", 40000, 53, length=1500, df=df)
+        (b,) = trace(state, TraceRequest(ns, pkt, reply=False)).branches
+        return b.forward
+
+    assert kernel(c, "10.2.0.2", df=True) == "timeout"
+    walk = podnet(c, "10.1.0.2", "10.2.0.2", df=True)
+    assert walk.outcome.result == "dropped" and walk.outcome.ns == r
+    assert "ICMP fragmentation needed (mtu 1400)" in walk.outcome.reason
+    assert not any(h.stage == "FORWARD" for h in walk.hops)         # ip_forward drops it first
+
+    assert kernel(c, "10.2.0.2", df=False) == "ok"
+    walk = podnet(c, "10.1.0.2", "10.2.0.2", df=False)
+    assert walk.outcome.delivered and any(h.stage == "mtu" and "fragmented" in h.text for h in walk.hops)
+
+    assert kernel(s, "10.1.0.2", df=True) == "EMSGSIZE"
+    walk = podnet(s, "10.2.0.2", "10.1.0.2", df=True)
+    assert walk.outcome.result == "dropped" and walk.outcome.ns == s and "EMSGSIZE" in walk.outcome.reason
+    assert kernel(s, "10.1.0.2", df=False) == "ok"
+    assert podnet(s, "10.2.0.2", "10.1.0.2", df=False).outcome.delivered
+
+
+def test_rp_filter_ignores_the_mark_without_src_valid_mark(lab):
+    """Strict rp_filter looks the source up after PREROUTING, without the packet's mark unless
+    src_valid_mark=1. ARP requests from that source are validated the same way (without a
+    mark), so the client first needs a static neighbour entry. The answer is marked in mangle
+    OUTPUT, which routes it again (ip_route_me_harder; TCP: its source stays the address the
+    client connected to, where an unbound UDP socket's would be the first route's)."""
+    a, b = two_hosts_over_veth(lab)
+    lab.run(b, "ip link add other type bridge && ip link set other up && ip addr add 198.51.100.1/24 dev other")
+    lab.run(a, "ip addr add 203.0.113.1/32 dev eth0 && ip route add 192.0.2.2/32 dev eth0 src 203.0.113.1")
+    lab.run(b, "ip route add 203.0.113.1/32 via 198.51.100.2 dev other")            # main: the wrong way
+    lab.run(b, "ip route add 203.0.113.1/32 dev eth0 table 100 && ip rule add fwmark 0x1 lookup 100")
+    lab.run(b, "iptables -t mangle -A PREROUTING -i eth0 -j MARK --set-mark 0x1 && "
+               "iptables -t mangle -A OUTPUT -d 203.0.113.1 -j MARK --set-mark 0x1")
+    for conf in ("all", "eth0"):
+        lab.sysctl(b, f"net.ipv4.conf.{conf}.rp_filter", "1")
+    lab.sysctl(b, "net.ipv4.conf.eth0.src_valid_mark", "1")
+
+    def agree(expected):
+        state = lab.snapshot()
+        predicted, _ = assert_agree(lab, state, a, "192.0.2.2", 80)
+        assert predicted == {expected}
+        return state
+    state = agree(("timeout", None, None))                  # b does not answer a's ARP request
+    hops = trace(state, TraceRequest(a, Packet(ipaddress.ip_address("203.0.113.1"), ipaddress.ip_address("192.0.2.2"),
+                                               "tcp", 40000, 80))).branches[0].forward
+    assert "no ARP reply for 192.0.2.2" in hops.outcome.reason
+    mac = lab.run(b, "cat /sys/class/net/eth0/address").strip()
+    lab.run(a, f"ip neigh replace 192.0.2.2 lladdr {mac} dev eth0 nud permanent")
+    state = agree(("ok", b, "203.0.113.1"))                 # the mark finds the route back via eth0
+    reply = trace(state, TraceRequest(a, Packet(ipaddress.ip_address("203.0.113.1"), ipaddress.ip_address("192.0.2.2"),
+                                                "tcp", 40000, 80))).branches[0].reply
+    assert any(h.stage == "route" and "re-route after mangle" in h.text and "dev eth0" in h.text for h in reply.hops)
+    lab.sysctl(b, "net.ipv4.conf.eth0.src_valid_mark", "0")
+    state = agree(("timeout", None, None))                  # without the mark: via `other`, refused
+    dropped = trace(state, TraceRequest(a, Packet(ipaddress.ip_address("203.0.113.1"),
+                                                  ipaddress.ip_address("192.0.2.2"), "tcp", 40000, 80),
+                                        reply=False)).branches[0].forward.outcome
+    assert "rp_filter=1 on eth0" in dropped.reason and "leaves via other" in dropped.reason

@@ -81,3 +81,27 @@ def test_pick_follows_one_given_choice():
         assert outcomes[0]["choices"][0]["option"] == every[index]["choices"][0]["option"]
     proc = run_podnet("trace", "--from", TSHOOT, "--to", "svc/web:80", "--pick", "nokey")
     assert proc.returncode == 1 and proc.stderr.strip().startswith("error: --pick: expected KEY=N")
+
+
+def test_json_hops_say_what_changed_and_the_hooks_verdict():
+    import json
+    (outcome,) = json.loads(run_podnet("trace", "-o", "json", "--seed", "1", "--from", TSHOOT,
+                                       "--to", "svc/web:80").stdout)["outcomes"]
+    hops = outcome["forward"]["hops"]
+    nat = next(h for h in hops if h["stage"] == "nat")
+    (field,) = nat["changed"]
+    assert field == "dst" and nat["changed"]["dst"][1] == outcome["forward"]["packet"].split(" -> ")[1].split(":")[0]
+    assert all(h["changed"] == {} for h in hops if h["stage"] in ("route", "neigh", "xmit"))
+    assert {h["verdict"] for h in hops if h["stage"] in ("PREROUTING", "FORWARD", "POSTROUTING")} == {"ACCEPT"}
+    unsnat = [h for h in outcome["reply"]["hops"] if h["changed"]]
+    assert [list(h["changed"]) for h in unsnat] == [["src"]]     # the reply's un-DNAT
+
+
+@pytest.mark.parametrize("df, result", [("--df", "dropped"), ("--no-df", "delivered")])
+def test_df_decides_whether_a_big_datagram_is_dropped_or_fragmented(df, result):
+    """The pod's eth0 has the MTU 1500 (kindnet): a 1600-byte DF datagram fails at the sender."""
+    import json
+    proc = run_podnet("trace", "-o", "json", "--no-reply", "--seed", "1", "--size", "1600", df,
+                      "--from", TSHOOT, "--to", "svc/kube-dns:53/udp")
+    (outcome,) = json.loads(proc.stdout)["outcomes"]
+    assert outcome["forward"]["result"] == result, outcome["forward"]["reason"]

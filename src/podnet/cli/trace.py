@@ -15,7 +15,7 @@ from .main import cli, handle_errors, load_cluster, manifests_option
 
 
 def build_request(src, dst, proto: str, sport: int, size: int, reply: bool, seed, picks,
-                  state=None) -> TraceRequest:
+                  state=None, df: bool = True) -> TraceRequest:
     family_any = ipaddress.ip_address("0.0.0.0" if dst.ip.version == 4 else "::")
     if src.ip is None and src.inject_iface is None and state is not None and src.ns in state.namespaces:
         # an unbound client socket: connect() takes the source address of the route
@@ -31,7 +31,7 @@ def build_request(src, dst, proto: str, sport: int, size: int, reply: bool, seed
         raise InputError(f"{dst.label}: a {proto} trace needs a destination port (IP:PORT)", field="--to")
     pkt = Packet(src.ip or family_any, dst.ip, proto, sport if port is not None else None, port,
                  icmp_type=8 if proto == "icmp" else (128 if proto == "icmpv6" else None),
-                 length=size)
+                 length=size, df=df)
     return TraceRequest(src.ns, pkt, src.inject_iface, reply=reply, seed=seed, picks=picks,
                         label=f"{src.label} -> {dst.label}".strip())
 
@@ -45,6 +45,9 @@ def build_request(src, dst, proto: str, sport: int, size: int, reply: bool, seed
               show_default=True)
 @click.option("--sport", type=int, default=40000, show_default=True, help="Client source port.")
 @click.option("--size", type=int, default=84, show_default=True, help="Packet size in bytes (MTU checks).")
+@click.option("--df/--no-df", default=True, show_default=True,
+              help="Don't-fragment bit: a DF packet too big for a link is dropped (ICMP fragmentation needed; "
+                   "EMSGSIZE for the sender's own link), without DF it is fragmented. TCP always fits its segments.")
 @click.option("--reply/--no-reply", default=True, show_default=True, help="Also walk the answer back.")
 @click.option("--seed", type=int, default=None, help="Follow one random draw instead of listing every outcome.")
 @click.option("--pick", "pick", multiple=True, metavar="KEY=N",
@@ -59,7 +62,7 @@ def build_request(src, dst, proto: str, sport: int, size: int, reply: bool, seed
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @manifests_option
 @handle_errors
-def trace_cmd(source, destination, protocol, sport, size, reply, seed, pick, snapshot_dir, cni, cni_mode,
+def trace_cmd(source, destination, protocol, sport, size, df, reply, seed, pick, snapshot_dir, cni, cni_mode,
               proxy_mode, output, paths):
     """Walk a packet through the dataplane and explain every hop.
 
@@ -83,7 +86,7 @@ def trace_cmd(source, destination, protocol, sport, size, reply, seed, pick, sna
         state = load_snapshot(snapshot_dir)
         src = resolve_source(state, source)
         dst = resolve_destination(destination, None)
-        req = build_request(src, dst, protocol, sport, size, reply, seed, picks)
+        req = build_request(src, dst, protocol, sport, size, reply, seed, picks, df=df)
     else:
         from ..dataplane import build_dataplane, resolve_endpoints
         if (click.get_current_context().get_parameter_source("protocol") is not ParameterSource.DEFAULT
@@ -93,7 +96,7 @@ def trace_cmd(source, destination, protocol, sport, size, reply, seed, pick, sna
         dp = build_dataplane(cluster)
         state = dp.state
         src, dst, preamble = resolve_endpoints(dp, source, destination, protocol)
-        req = build_request(src, dst, protocol, sport, size, reply, seed, picks, state)
+        req = build_request(src, dst, protocol, sport, size, reply, seed, picks, state, df=df)
         if preamble and output == "text":
             click.echo(preamble)
         if dst.dns_server is not None:

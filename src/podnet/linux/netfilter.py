@@ -71,6 +71,7 @@ class Packet:
     # L2 header, when known
     src_mac: Optional[str] = None
     dst_mac: Optional[str] = None
+    df: bool = True                 # IP don't-fragment (path MTU discovery; `ping -M do`)
 
     @property
     def family(self) -> int:
@@ -82,7 +83,7 @@ class Packet:
     def copy(self) -> "Packet":
         return Packet(self.src, self.dst, self.proto, self.sport, self.dport,
                       self.icmp_type, self.icmp_code, self.tcp_flags, self.ttl,
-                      self.length, self.mark, self.src_mac, self.dst_mac)
+                      self.length, self.mark, self.src_mac, self.dst_mac, self.df)
 
 
 @dataclass(slots=True)

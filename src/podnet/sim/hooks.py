@@ -40,6 +40,9 @@ class HookOutcome:
     logs: list[str] = field(default_factory=list)
     notrack: bool = False
     chains_run: list[str] = field(default_factory=list)
+    # a route chain (iptables mangle OUTPUT, nft `type route`) changed the mark or an address:
+    # the kernel routes the packet again (ip_route_me_harder)
+    reroute: bool = False
 
 
 def iptables_ruleset(ns: Netns, family: int):
@@ -74,8 +77,9 @@ def base_chains(ns: Netns, hook: str, family: int) -> list[BaseChainRef]:
             for table, prio in IPTABLES_HOOKS[hook]:
                 t = ipt.tables.get(table)
                 if t is not None and hook in t.chains:
-                    out.append(BaseChainRef(prio, engine, table, hook,
-                                            "nat" if table == "nat" else "filter", ruleset=ipt))
+                    kind = "nat" if table == "nat" else "route" if (table, hook) == ("mangle", "OUTPUT") \
+                        else "filter"
+                    out.append(BaseChainRef(prio, engine, table, hook, kind, ruleset=ipt))
         nft = nft_ruleset(ns)
         if nft is not None:
             for bc in nft.base_chains(hook, family):
@@ -113,10 +117,13 @@ def run_hook(ns: Netns, hook: str, pkt: Packet, conn: ConnView, runtime: Runtime
     for ref in chains:
         if ref.type == "nat" and (not first_packet or nat_done or bridged and hook != "PREROUTING"):
             continue
+        seen = (view.mark, view.src, view.dst)
         if ref.engine == "nft":
             result: ChainResult = ref.ruleset.evaluate(ref.family, ref.table, ref.chain, ctx)
         else:
             result = ref.ruleset.evaluate(ref.table, ref.chain, ctx, engine=ref.engine)
+        if ref.type == "route" and hook == "OUTPUT" and (view.mark, view.src, view.dst) != seen:
+            outcome.reroute = True
         outcome.chains_run.append(f"{ref.engine}:{ref.family + ' ' if ref.family else ''}{ref.table}/{ref.chain}")
         outcome.steps.extend(result.steps)
         outcome.logs.extend(result.logs)

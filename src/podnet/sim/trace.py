@@ -17,7 +17,7 @@ from ..linux.netfilter import Packet
 from ..linux.state import DataplaneState, Netns
 from .branches import BranchLimitExceeded, Choice, Recorder, explore, fixed, seeded
 from .runtime import Runtime
-from .walk import Hop, Outcome, Walker, ep, summary
+from .walk import Hop, Outcome, Walker, ep, header_changes, header_of, summary
 
 
 @dataclass
@@ -134,7 +134,8 @@ def _hop_lines(state: DataplaneState, hops: list[Hop], start: int = 0, number_fr
         for s in h.steps:
             note = f"   [{s.note}]" if s.note else ""
             lines.append(f"{'':>8}{s.where():<34} {s.text}{note}")
-        if h.packet and h.stage in ("recv", "nat", "conntrack", "socket-lb", "ipvs", "tc-ingress", "vxlan", "ipip"):
+        if h.packet and h.stage in ("recv", "nat", "conntrack", "socket-lb", "ipvs", "tc-ingress", "vxlan", "ipip",
+                                    "mtu"):
             lines.append(f"{'':>20}packet: {h.packet}")
     return lines
 
@@ -193,19 +194,24 @@ def explain_text(state: DataplaneState, result: TraceResult, verbose: bool = Tru
 
 def as_json(state: DataplaneState, result: TraceResult) -> dict:
     req = result.request
-    def leg(l: Leg) -> dict:
+    def leg(l: Leg, before: Optional[tuple]) -> dict:
         o = l.outcome
+        hops = []
+        for h in l.hops:
+            # what this hop changed in the header: against the last header a hop showed
+            hops.append({**h.as_dict(), "changed": header_changes(before, h.header)})
+            before = h.header or before
         return {"result": o.result, "reason": o.reason, "netns": o.ns, "node": o.node,
-                "packet": summary(o.packet) if o.packet else None,
-                "hops": [h.as_dict() for h in l.hops]}
+                "packet": summary(o.packet) if o.packet else None, "hops": hops}
     return {
         "request": {"from": req.src_ns, "packet": summary(req.packet), "label": req.label},
         "truncated": result.truncated,
         "outcomes": [{"probability": b.probability,
                       "choices": [{"key": c.key, "option": c.label, "probability": c.probability}
                                   for c in b.choices],
-                      "forward": leg(b.forward),
-                      "reply": leg(b.reply) if b.reply else None}
+                      "forward": leg(b.forward, header_of(req.packet)),
+                      "reply": leg(b.reply, b.reply.hops[0].header if b.reply.hops else None)
+                      if b.reply else None}
                      for b in result.branches],
     }
 

@@ -49,6 +49,7 @@ class Hop:
     node: Optional[str] = None
     steps: list[Step] = field(default_factory=list)
     header: Optional[tuple] = None  # the packet's (src, sport, dst, dport, proto, mark) here
+    verdict: str = ""               # netfilter hooks: ACCEPT, DROP or REJECT
 
     @property
     def packet(self) -> str:
@@ -57,7 +58,7 @@ class Hop:
 
     def as_dict(self) -> dict:
         return {"netns": self.ns, "node": self.node, "iface": self.iface, "stage": self.stage,
-                "text": self.text, "packet": self.packet,
+                "text": self.text, "packet": self.packet, "verdict": self.verdict or None,
                 "rules": [{"engine": s.engine, "table": s.table, "chain": s.chain, "index": s.index,
                            "rule": s.text, "action": s.action, "note": s.note} for s in self.steps]}
 
@@ -100,11 +101,26 @@ def ep(addr, port) -> str:
 
 
 def summary(pkt: Packet) -> str:
-    return _header_text(*_header(pkt))
+    return _header_text(*header_of(pkt))
 
 
-def _header(pkt: Packet) -> tuple:
+def header_of(pkt: Packet) -> tuple:
     return (pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.proto, pkt.mark)
+
+
+HEADER_FIELDS = ("src", "sport", "dst", "dport", "proto", "mark")
+
+
+def header_changes(before: Optional[tuple], after: Optional[tuple]) -> dict:
+    """{field: [old, new]} for the header fields that differ (addresses as text)."""
+    if not before or not after:
+        return {}
+    return {name: [_field_text(old), _field_text(new)]
+            for name, old, new in zip(HEADER_FIELDS, before, after) if old != new}
+
+
+def _field_text(value):
+    return value if value is None or isinstance(value, (int, str)) else str(value)
 
 
 def _header_text(src, sport, dst, dport, proto, mark) -> str:
@@ -156,15 +172,15 @@ class Walker:
 
     # ------------------------------------------------------------ recording
     def hop(self, ns: Netns, stage: str, text: str, iface: Optional[str] = None,
-            steps: Optional[list[Step]] = None, pkt: Optional[Packet] = None) -> None:
+            steps: Optional[list[Step]] = None, pkt: Optional[Packet] = None, verdict: str = "") -> None:
         if len(self.hops) >= MAX_HOPS:
             self._end("dropped", ns, "the walk exceeded its hop budget (a forwarding loop?)", pkt)
         self.hops.append(Hop(ns.name, stage, text, iface, ns.node, list(steps) if steps else [],
-                             _header(pkt) if pkt is not None else None))
+                             header_of(pkt) if pkt is not None else None, verdict))
 
     def _end(self, result: str, ns: Netns, reason: str, pkt: Optional[Packet],
              listener: Optional[Listener] = None):
-        self.hops.append(Hop(ns.name, result, reason, None, ns.node, [], _header(pkt) if pkt else None))
+        self.hops.append(Hop(ns.name, result, reason, None, ns.node, [], header_of(pkt) if pkt else None))
         raise _Done(Outcome(result, ns.name, reason, pkt.copy() if pkt else None, listener, ns.node))
 
     def _drop(self, ns: Netns, reason: str, pkt: Packet):
@@ -196,7 +212,8 @@ class Walker:
         if ns.ipvs:
             # IPVS takes the node's own connections at LOCAL_OUT, between the nat and the
             # filter tables; its real server is routed to from there
-            self._hook(ns, "OUTPUT", frame, tracked, out_iface=route.dev, priorities=(None, PRIO_IPVS_LOCAL_OUT))
+            reroute = self._hook(ns, "OUTPUT", frame, tracked, out_iface=route.dev,
+                                 priorities=(None, PRIO_IPVS_LOCAL_OUT))
             vs = self._ipvs_schedule(ns, frame, tracked, "LOCAL_OUT")
             if vs is not None:
                 route = self._route(ns, pkt, pkt.dst, pkt.src)
@@ -204,13 +221,16 @@ class Walker:
                 if not route.ok:
                     self._drop(ns, f"no route to real server {pkt.dst}: {route.error}", pkt)
                 before, note = (pkt.dst, pkt.dport), ""
-            self._hook(ns, "OUTPUT", frame, tracked, out_iface=route.dev, priorities=(PRIO_IPVS_LOCAL_OUT, None),
-                       ipvs=_ipvs_conn(vs))
+            reroute |= self._hook(ns, "OUTPUT", frame, tracked, out_iface=route.dev,
+                                  priorities=(PRIO_IPVS_LOCAL_OUT, None), ipvs=_ipvs_conn(vs))
         else:
-            self._hook(ns, "OUTPUT", frame, tracked, out_iface=route.dev)
-        if (pkt.dst, pkt.dport) != before or note:
+            reroute = self._hook(ns, "OUTPUT", frame, tracked, out_iface=route.dev)
+        if (pkt.dst, pkt.dport) != before or note or reroute:
+            # ip_route_me_harder: after a DNAT, or when a route chain (mangle) changed the mark
+            # that policy routing may look at
+            why = "DNAT" if (pkt.dst, pkt.dport) != before or note else f"mangle set mark {pkt.mark:#x}"
             route = self._route(ns, pkt, pkt.dst, pkt.src)
-            self.hop(ns, "route", "re-route after DNAT: " + route.text(), route.dev, pkt=pkt)
+            self.hop(ns, "route", f"re-route after {why}: " + route.text(), route.dev, pkt=pkt)
             if not route.ok:
                 self._drop(ns, f"no route to {pkt.dst}: {route.error}", pkt)
         self._output(ns, frame, route, tracked, in_link=None)
@@ -324,8 +344,7 @@ class Walker:
         if not link.up:
             self._drop(ns, f"{link.name} is down", pkt)
         if pkt.length > link.mtu:
-            self._drop(ns, f"packet of {pkt.length} bytes exceeds the MTU {link.mtu} of {link.name} "
-                           "(DF set: ICMP fragmentation needed)", pkt)
+            self._fit_mtu(ns, link, pkt, forwarded=False)     # forwarded packets were fitted in _ip_input
         if link.kind == "loopback":
             self._local_in(ns, link, frame, self.rt.ct(ns).track(pkt))
             return
@@ -341,6 +360,28 @@ class Walker:
         mac = self._neighbour(ns, link, nexthop, pkt)
         self._l2_send(ns, link, frame, mac)
 
+    def _fit_mtu(self, ns: Netns, link: Link, pkt: Packet, forwarded: bool) -> None:
+        """A packet larger than the MTU of the device it leaves by. ip_forward drops one with
+        DF set and sends ICMP fragmentation-needed back (path MTU discovery depends on it
+        arriving). Locally, TCP sends segments that fit, a DF datagram fails with EMSGSIZE,
+        and anything else is fragmented; the walk follows the first fragment."""
+        mtu = link.mtu
+        what = f"packet of {pkt.length} bytes exceeds the MTU {mtu} of {link.name}"
+        if forwarded and pkt.df:
+            self._drop(ns, f"{what} and has DF set: ICMP fragmentation needed (mtu {mtu}) is sent "
+                           f"back to {pkt.src}", pkt)
+        if not forwarded and pkt.proto == "tcp":
+            mss = mtu - (40 if pkt.family == 4 else 60)
+            note = f"{what}: TCP sends it as segments of at most {mtu} bytes (MSS {mss})"
+        elif not forwarded and pkt.df:
+            self._drop(ns, f"{what} and may not be fragmented (DF): the send fails with EMSGSIZE "
+                           f"(\"message too long, mtu={mtu}\")", pkt)
+        else:
+            note = f"{what}: fragmented (DF clear); the walk follows the first fragment"
+            pkt.df = False
+        pkt.length = mtu
+        self.hop(ns, "mtu", note, link.name, pkt=pkt)
+
     # ------------------------------------------------------------ L2
     def _neighbour(self, ns: Netns, link: Link, nexthop: IPAddress, pkt: Packet) -> str:
         if link.noarp:
@@ -349,40 +390,40 @@ class Walker:
             if n.dev == link.name and n.ip == nexthop and not n.proxy and n.lladdr and n.state != "FAILED":
                 self.hop(ns, "neigh", f"{n.ip} dev {n.dev} lladdr {n.lladdr} {n.state}", link.name, pkt=pkt)
                 return n.lladdr
-        answer = self._arp(ns, link, nexthop)
-        if answer is None:
-            self._drop(ns, f"no ARP reply for {nexthop} on {link.name} (Destination Host Unreachable)", pkt)
-        mac, who = answer
+        # arp_solicit (arp_announce 0): the packet's source when it is ours, else the device's address
+        tables = tables_of(ns)
+        sender = pkt.src if pkt.src in tables.local_addrs else tables.select_source(link.name, nexthop)
+        mac, who = self._arp(ns, link, nexthop, sender)
+        if mac is None:
+            self._drop(ns, f"no ARP reply for {nexthop} on {link.name} (Destination Host Unreachable)"
+                       + (f": {who}" if who else ""), pkt)
         verb = "ARP" if nexthop.version == 4 else "ND"
         self.hop(ns, "neigh", f"{verb}: who-has {nexthop} on {link.name}? {nexthop} is-at {mac} ({who})",
                  link.name, pkt=pkt)
         return mac
 
-    def _arp(self, ns: Netns, link: Link, target: IPAddress) -> Optional[tuple[str, str]]:
-        """Who answers an ARP request for `target` sent out of `link` (first responder)."""
+    def _arp(self, ns: Netns, link: Link, target: IPAddress,
+             sender: Optional[IPAddress] = None) -> tuple[Optional[str], str]:
+        """Who answers an ARP request for `target` sent out of `link`: (MAC, who) of the first
+        responder, or (None, why a kernel that would have answered did not). `sender`: the
+        request's sender address, which the answering kernel validates as rp_filter does
+        (arp_process routes the request as an input packet from it; ARP carries no mark)."""
+        ignored = ""
         for rns, rlink in self._l2_receivers(ns, link):
             if (rns.name == ns.name and rlink.name == link.name) or rlink.noarp:
                 continue            # an IFF_NOARP device neither asks nor answers
-            tables = tables_of(rns)
-            arp_ignore = max(int(rns.sysctl("net.ipv4.conf.all.arp_ignore", "0")),
-                             int(rns.sysctl(f"net.ipv4.conf.{rlink.name}.arp_ignore", "0")))
-            on_link = any(a.ip == target for a in rlink.addresses)
-            if on_link or (arp_ignore == 0 and target in tables.local_addrs):
-                return rlink.mac, f"{rns.name} {rlink.name} owns {target}"
             for r in rns.arp_responders:
-                if r.ip == target and r.dev == rlink.name:
+                if r.ip == target and r.dev == rlink.name:     # userspace: no kernel checks
                     return rlink.mac, f"{r.owner or 'an ARP responder'} on {rns.name} {rlink.name}"
-            for n in rns.neighbours:
-                # arp_process: a proxy entry answers for an address routed out of another device
-                if n.proxy and n.ip == target and n.dev == rlink.name and rns.sysctl_on("net.ipv4.ip_forward"):
-                    back = tables.lookup(target)
-                    if back.ok and back.type == "unicast" and back.dev != rlink.name:
-                        return rlink.mac, f"proxy neighbour entry for {target} on {rns.name} {rlink.name}"
-            if rns.conf(rlink.name, "proxy_arp") and rns.sysctl_on("net.ipv4.ip_forward"):
-                back = tables.lookup(target)
-                if back.ok and back.type != "local" and back.dev != rlink.name:
-                    return rlink.mac, f"proxy_arp on {rns.name} {rlink.name} (route to {target} via {back.dev})"
-        return None
+            who = _kernel_arp_answer(rns, rlink, target)
+            if who is None:
+                continue
+            refused = _rp_filter_refuses(rns, rlink.name, sender, target, 0) if sender is not None else ""
+            if refused:
+                ignored = ignored or f"{rns.name} {rlink.name} ignores the request from {sender}: {refused}"
+                continue
+            return rlink.mac, who
+        return None, ignored
 
     def _l2_receivers(self, ns: Netns, link: Link, seen: Optional[set] = None) -> list[tuple[Netns, Link]]:
         """IP interfaces that hear a broadcast sent out of `link` (its L2 domain)."""
@@ -545,7 +586,7 @@ class Walker:
                         # br_nf_pre_routing_finish_bridge: DNATed to a station behind this same
                         # bridge, the frame stays bridged (to the ingress port only with hairpin on)
                         answer = self._arp(ns, bridge, back.nexthop)
-                        if answer is None:
+                        if answer[0] is None:
                             self._drop(ns, f"no ARP reply for {back.nexthop} on {bridge.name}", pkt)
                         port, _ = self._bridge_port_for(ns, bridge, answer[0])
                         if port is not None and port.name == link.name and not port.hairpin and bridge.promisc:
@@ -581,16 +622,9 @@ class Walker:
     def _ip_input(self, ns: Netns, link: Link, frame: Frame, tracked: Optional[Tracked] = None) -> None:
         pkt = frame.pkt
         self.hop(ns, "recv", f"in {link.name}", link.name, pkt=pkt)
-        routing = tables_of(ns)
         tc = self._tc_ingress_service(ns, link, pkt)
         if tc is not None and tracked is None:
             tracked = tc                # bpf_host redirects it on: no netfilter PREROUTING
-        mode = ns.rp_filter(link.name)
-        if mode and not pkt.src.is_unspecified:
-            back = routing.lookup(pkt.src, None, None, None, pkt.mark)
-            if not back.ok or (mode == 1 and not back.uses_dev(link.name) and back.type != "local"):
-                self._drop(ns, f"rp_filter={mode} on {link.name}: the route back to {pkt.src} "
-                               f"{'does not exist' if not back.ok else 'leaves via ' + str(back.dev)}", pkt)
         if tracked is None:
             tracked = self.rt.ct(ns).track(pkt)
             self._conntrack_hop(ns, tracked, pkt, "PREROUTING")
@@ -605,6 +639,12 @@ class Walker:
                 self._drop(ns, f"{pkt.dst} matches a blackhole route: dropped silently (the client times out)",
                            pkt)
             self._drop(ns, f"no route to {pkt.dst}: {route.error}", pkt)
+        # ip_route_input_slow validates the source once the destination is routed (after
+        # PREROUTING, whose mangle rules may have set the mark src_valid_mark lets it use)
+        refused = _rp_filter_refuses(ns, link.name, pkt.src, pkt.dst,
+                                     pkt.mark if ns.conf(link.name, "src_valid_mark") else 0)
+        if refused:
+            self._drop(ns, refused, pkt)
         if route.type == "local":
             self.hop(ns, "route", route.text(pkt.src, link.name), link.name, pkt=pkt)
             self._local_in(ns, link, frame, tracked)
@@ -619,6 +659,9 @@ class Walker:
         pkt.ttl -= 1
         if pkt.ttl <= 0:
             self._drop(ns, "TTL exceeded in transit (ICMP time exceeded)", pkt)
+        out = ns.links.get(route.dev or "")
+        if out is not None and pkt.length > out.mtu:
+            self._fit_mtu(ns, out, pkt, forwarded=True)       # ip_forward: before the FORWARD hook
         self._hook(ns, "FORWARD", frame, tracked, in_iface=link.name, out_iface=route.dev)
         self._output(ns, frame, route, tracked, in_link=link)
 
@@ -789,8 +832,10 @@ class Walker:
             self._drop(ns, f"{link.name}: no local address to reach VTEP {remote}", pkt)
         # the kernel hashes the inner flow into the outer source port (for ECMP spreading)
         sport = 32768 + ((int(pkt.src) ^ int(pkt.dst) ^ (pkt.sport or 0) ^ (pkt.dport or 0)) & 0x3FFF)
+        # the outer header's DF is clear (vxlan `df unset`, the default): a too-big outer packet
+        # is fragmented on the underlay
         outer = Packet(src, remote, "udp", sport, vx.dstport, length=pkt.length + VXLAN_OVERHEAD,
-                       mark=0)
+                       mark=0, df=False)
         self.hop(ns, "vxlan", f"{link.name}: {how}; encapsulate VNI {vx.vni} in UDP "
                  f"{ep(src, sport)} -> {ep(remote, vx.dstport)}", link.name, pkt=pkt)
         self._local_out(ns, Frame(outer, inner=frame, vni=vx.vni, inner_dst_mac=dst_mac))
@@ -801,7 +846,8 @@ class Walker:
         remote = tun.remote if tun and tun.remote else nexthop
         routing = tables_of(ns)
         src = (tun.local if tun and tun.local else None) or routing.lookup(remote).src
-        outer = Packet(src, remote, "ipip", None, None, length=pkt.length + IPIP_OVERHEAD)
+        # ipip tunnels do path MTU discovery (pmtudisc): the outer header copies the inner DF
+        outer = Packet(src, remote, "ipip", None, None, length=pkt.length + IPIP_OVERHEAD, df=pkt.df)
         self.hop(ns, "ipip", f"{link.name}: encapsulate IP-in-IP {src} -> {remote}", link.name, pkt=pkt)
         self._local_out(ns, Frame(outer, inner=frame))
 
@@ -849,10 +895,11 @@ class Walker:
               in_iface: Optional[str] = None, out_iface: Optional[str] = None,
               physdev_in: Optional[str] = None, physdev_out: Optional[str] = None,
               bridged: bool = False, route: Optional[RouteResult] = None,
-              priorities: Optional[tuple] = None, ipvs: Optional[tuple] = None, nat: bool = True) -> None:
+              priorities: Optional[tuple] = None, ipvs: Optional[tuple] = None, nat: bool = True) -> bool:
+        """Run the hook's chains; True when a route chain asks for the packet to be routed again."""
         pkt = frame.pkt
         if not (ns.iptables or ns.ip6tables or ns.nft):
-            return
+            return False
         conn_view = tracked.view()
         conn_view.mark = tracked.conn.mark if tracked.conn else 0
         result = run_hook(ns, hook, pkt, conn_view, self.rt, in_iface=in_iface, out_iface=out_iface,
@@ -863,10 +910,10 @@ class Walker:
             if result.notrack:
                 tracked.conn.notrack = True
         if result.verdict == "ACCEPT" and not result.nat and all(st.index == 0 for st in result.steps):
-            return                  # no rule matched: only ACCEPT policies applied, nothing to show
+            return False            # no rule matched: only ACCEPT policies applied, nothing to show
         stage = ("bridge-nf " if bridged else "") + hook
         self.hop(ns, stage, ", ".join(result.chains_run) or hook, out_iface or in_iface,
-                 steps=result.steps, pkt=pkt)
+                 steps=result.steps, pkt=pkt, verdict=result.verdict or "ACCEPT")
         if result.verdict == "DROP":
             last = result.steps[-1] if result.steps else None
             self._drop(ns, f"dropped by {last.where() if last else hook}: {last.text if last else ''}".strip()
@@ -877,6 +924,7 @@ class Walker:
                       f"{last.where() if last else hook}" + _said_by(result.steps), pkt)
         for ref, nat in result.nat:
             self._apply_nat(ns, hook, nat, pkt, tracked, in_iface, out_iface, route)
+        return result.reroute
 
     def _apply_nat(self, ns: Netns, hook: str, nat: NatAction, pkt: Packet, tracked: Tracked,
                    in_iface: Optional[str], out_iface: Optional[str], route: Optional[RouteResult]) -> None:
@@ -946,6 +994,43 @@ def _ipvs_conn(vs) -> Optional[tuple]:
 
 def tuple_text(pkt: Packet) -> str:
     return f"{pkt.proto} {ep(pkt.src, pkt.sport)} -> {ep(pkt.dst, pkt.dport)}"
+
+
+def _kernel_arp_answer(ns: Netns, link: Link, target: IPAddress) -> Optional[str]:
+    """Why the kernel of `ns` answers an ARP request for `target` heard on `link` (None: it does
+    not): the address is its own (arp_ignore), a proxy neighbour entry, or proxy_arp."""
+    tables = tables_of(ns)
+    arp_ignore = max(int(ns.sysctl("net.ipv4.conf.all.arp_ignore", "0")),
+                     int(ns.sysctl(f"net.ipv4.conf.{link.name}.arp_ignore", "0")))
+    on_link = any(a.ip == target for a in link.addresses)
+    if on_link or (arp_ignore == 0 and target in tables.local_addrs):
+        return f"{ns.name} {link.name} owns {target}"
+    forwarding = ns.sysctl_on("net.ipv4.ip_forward")
+    for n in ns.neighbours:
+        # arp_process: a proxy entry answers for an address routed out of another device
+        if n.proxy and n.ip == target and n.dev == link.name and forwarding:
+            back = tables.lookup(target)
+            if back.ok and back.type == "unicast" and back.dev != link.name:
+                return f"proxy neighbour entry for {target} on {ns.name} {link.name}"
+    if ns.conf(link.name, "proxy_arp") and forwarding:
+        back = tables.lookup(target)
+        if back.ok and back.type != "local" and back.dev != link.name:
+            return f"proxy_arp on {ns.name} {link.name} (route to {target} via {back.dev})"
+    return None
+
+
+def _rp_filter_refuses(ns: Netns, dev: str, src: IPAddress, dst: IPAddress, mark: int) -> str:
+    """Why rp_filter on `dev` refuses a packet from `src` ("" when it passes): fib_validate_source
+    routes back to the source as from this host (iif lo); strict mode (1) wants one of that
+    route's nexthops on `dev`, loose mode (2) any route."""
+    mode = ns.rp_filter(dev)
+    if not mode or src.is_unspecified:
+        return ""
+    back = tables_of(ns).lookup(src, dst, None, None, mark)
+    if back.ok and (mode == 2 or back.uses_dev(dev) or back.type == "local"):
+        return ""
+    return (f"rp_filter={mode} on {dev}: the route back to {src} "
+            f"{'does not exist' if not back.ok else 'leaves via ' + str(back.dev)}")
 
 
 def _blocked(segment, a: str, b: str) -> bool:

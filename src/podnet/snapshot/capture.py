@@ -62,6 +62,7 @@ SYSCTL_GLOBS = [
     "/proc/sys/net/ipv4/conf/*/route_localnet",
     "/proc/sys/net/ipv4/conf/*/arp_ignore",
     "/proc/sys/net/ipv4/conf/*/forwarding",
+    "/proc/sys/net/ipv4/conf/*/src_valid_mark",
     "/proc/sys/net/ipv4/fib_multipath_hash_policy",
     "/proc/sys/net/bridge/bridge-nf-call-iptables",
     "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
