@@ -1,7 +1,12 @@
 """Route lookup: the guide's kindnet walk typed in as state (cni-kindnet.md)."""
 
 import ipaddress
+import secrets
+import subprocess
 
+import pytest
+
+from conftest import have, is_root
 from podnet.linux.routing import route_get
 from podnet.linux.state import Link, Netns, Route, Rule
 
@@ -79,3 +84,76 @@ def test_policy_rules_tables_and_route_types():
     assert route_get(ns, "10.8.1.1").error == "No route to host"
     assert route_get(ns, "192.0.2.2").type == "local"
     assert route_get(ns, "192.0.2.7").text() == "192.0.2.7 dev eth0 src 192.0.2.2 uid 0"
+
+
+def two_legs() -> Netns:
+    ns = Netns("r")
+    ns.add_link(Link("lo", "loopback")).add_address("127.0.0.1/8", "host")
+    ns.add_link(Link("eth0", "veth")).add_address("192.0.2.2/24")
+    ns.add_link(Link("eth1", "veth")).add_address("198.51.100.2/24")
+    ns.add_route(Route(net("10.9.0.0/16"), "eth1"))
+    ns.add_route(Route(net("10.7.0.0/16"), type="blackhole"))
+    return ns
+
+
+# (destination, answer with forwarding off, answer with it on): a device name or the error
+FORWARDING_CASES = [
+    ("198.51.100.7", "No route to host", "eth1"),
+    ("10.9.1.1", "No route to host", "eth1"),
+    ("10.7.1.1", "No route to host", "Invalid argument"),
+    ("8.8.8.8", "No route to host", "Network is unreachable"),
+    ("192.0.2.2", "lo", "lo"),                       # local: delivered either way
+    ("192.0.2.255", "lo", "lo"),                     # broadcast: likewise
+]
+
+
+def _answer(result) -> str:
+    return result.error or (result.dev if result.type not in ("local", "broadcast") else "lo")
+
+
+def test_route_get_iif_needs_forwarding_on_the_input_device():
+    """ip_route_input_slow: a non-local destination arriving on a device that does not
+    forward is EHOSTUNREACH; the device's own conf.DEV.forwarding overrides ip_forward."""
+    ns = two_legs()
+    for dst, off, on in FORWARDING_CASES:
+        assert _answer(route_get(ns, dst, "192.0.2.9", iif="eth0")) == off, dst
+        assert _answer(route_get(ns, dst)) != "No route to host"       # no iif: output route
+    ns.sysctls["net.ipv4.ip_forward"] = "1"
+    for dst, off, on in FORWARDING_CASES:
+        assert _answer(route_get(ns, dst, "192.0.2.9", iif="eth0")) == on, dst
+    ns.sysctls["net.ipv4.conf.eth0.forwarding"] = "0"
+    assert route_get(ns, "198.51.100.7", "192.0.2.9", iif="eth0").text() == \
+        "RTNETLINK answers: No route to host"
+    assert route_get(ns, "198.51.100.7", "198.51.100.9", iif="eth1").dev == "eth1"
+
+
+@pytest.mark.netns
+def test_route_get_iif_forwarding_agrees_with_the_kernel():
+    if not (is_root() and have("ip")):
+        pytest.skip("needs root and iproute2")
+    name = f"pntest-rt-{secrets.token_hex(4)}"
+
+    def answer(*cmd) -> str:
+        proc = subprocess.run(["ip", "netns", "exec", name, *cmd], capture_output=True, text=True)
+        out = (proc.stdout + proc.stderr).strip()
+        if out.startswith("RTNETLINK answers: "):
+            return out.removeprefix("RTNETLINK answers: ")
+        words = out.split()
+        return words[words.index("dev") + 1]
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for cmd in ("ip link add eth0 type veth peer name p0", "ip link add eth1 type veth peer name p1",
+                    *(f"ip link set {d} up" for d in ("lo", "eth0", "eth1", "p0", "p1")),
+                    "ip addr add 192.0.2.2/24 dev eth0", "ip addr add 198.51.100.2/24 dev eth1",
+                    "ip route add 10.9.0.0/16 dev eth1", "ip route add blackhole 10.7.0.0/16"):
+            subprocess.run(["ip", "netns", "exec", name, *cmd.split()], check=True)
+        ns = two_legs()
+        for value in ("0", "1"):
+            subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw",
+                            f"net.ipv4.ip_forward={value}"], check=True)
+            ns.sysctls["net.ipv4.ip_forward"] = value
+            for dst, _, _ in FORWARDING_CASES:
+                kernel = answer("ip", "route", "get", dst, "from", "192.0.2.9", "iif", "eth0")
+                assert _answer(route_get(ns, dst, "192.0.2.9", iif="eth0")) == kernel, (value, dst)
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)

@@ -292,4 +292,20 @@ def route_get(ns: Netns, dst: str | IPAddress, src: str | IPAddress | None = Non
     """`ip route get` for a namespace (from the model)."""
     dst_ip = ipaddress.ip_address(dst) if isinstance(dst, str) else dst
     src_ip = ipaddress.ip_address(src) if isinstance(src, str) else src
-    return tables_of(ns).lookup(dst_ip, src_ip, iif, None, mark)
+    result = tables_of(ns).lookup(dst_ip, src_ip, iif, None, mark)
+    if iif is not None and dst_ip.version == 4 and result.type not in ("local", "broadcast") \
+            and not dst_ip.is_multicast and not forwarding(ns, iif):
+        # ip_route_input_slow: past the local and broadcast cases, a device that does not
+        # forward answers -EHOSTUNREACH, whatever the route (or its absence) says
+        return RouteResult(dst_ip, "unreachable", table=result.table, rule=result.rule,
+                           error="No route to host")
+    return result
+
+
+def forwarding(ns: Netns, dev: str) -> bool:
+    """IN_DEV_FORWARD: the device's own net.ipv4.conf.DEV.forwarding when it is set, else
+    ip_forward (writing ip_forward or conf.all.forwarding sets every device's)."""
+    own = ns.sysctls.get(f"net.ipv4.conf.{dev}.forwarding")
+    if own is not None:
+        return own not in ("0", "")
+    return ns.sysctl_on("net.ipv4.ip_forward") or ns.sysctl_on("net.ipv4.conf.all.forwarding")
