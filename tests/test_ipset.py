@@ -158,3 +158,68 @@ def test_bitmap_port_takes_only_tcp_and_udp_ports():
     assert not store.match_packet("b", ["dst"], pkt(proto="icmp", sport=None, dport=None,
                                                     icmp_type=8, icmp_code=0))
     assert not store.match_packet("b", ["dst"], pkt(proto="sctp", dport=80))
+
+
+NETMASKED = """create a hash:ip family inet hashsize 1024 maxelem 65536 netmask 24 bucketsize 12 initval 0x2b5ebee3
+add a 10.0.0.7
+add a 10.0.4.0/23
+create b hash:ip,port family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0xd1fa01fb netmask 24
+add b 10.0.0.7,tcp:80
+create e bitmap:ip range 10.0.0.0-10.0.255.255 netmask 24
+add e 10.0.3.9
+create f hash:ip family inet6 hashsize 1024 maxelem 65536 netmask 64 bucketsize 12 initval 0xa45fe3b4
+add f fd00::1:2
+create h hash:ip family inet hashsize 1024 maxelem 65536 bitmask 255.0.255.0 bucketsize 12 initval 0xe8666ea6
+add h 10.1.2.3
+"""
+
+# (set, test entry, member?) as `ipset test` answered in a namespace for NETMASKED
+NETMASK_CASES = [
+    ("a", "10.0.0.200", True), ("a", "10.0.2.1", False), ("a", "10.0.5.77", True),
+    ("b", "10.0.0.9,tcp:80", True), ("b", "10.0.1.7,tcp:80", False), ("b", "10.0.0.9,tcp:81", False),
+    ("e", "10.0.3.200", True), ("e", "10.0.4.1", False),
+    ("f", "fd00::ffff", True), ("f", "fd00:0:0:1::1", False),
+    ("h", "10.9.2.9", True), ("h", "10.1.3.3", False),
+]
+
+
+def test_netmask_and_bitmask_mask_the_address_where_the_kernel_does():
+    """hash:ip, hash:ip,port and bitmap:ip with `netmask N` (hash types: `bitmask A` too)
+    store networks: an address is a member when its masked address is."""
+    store = IpsetStore.parse(NETMASKED)
+    for name, entry, member in NETMASK_CASES:
+        assert store.test(name, entry) is member, (name, entry)
+    assert store.match_packet("b", ["src", "dst"], Packet(ip("10.0.0.99"), ip("1.1.1.1"), "tcp", 5, 80))
+    assert not store.match_packet("a", ["dst"], Packet(ip("10.0.0.1"), ip("10.0.3.1"), "tcp", 5, 80))
+    assert IpsetStore.parse(NETMASKED).save() == NETMASKED
+
+
+@pytest.mark.parametrize("text, message", [
+    ("create n hash:net netmask 24\n", "hash:net takes no netmask"),
+    ("create n hash:ip netmask 33\n", "netmask must be 1-32"),
+    ("create n bitmap:ip range 10.0.0.0/16 bitmask 255.255.0.0\n", "bitmap:ip takes no bitmask"),
+])
+def test_netmask_errors(text, message):
+    with pytest.raises(InputError, match=message):
+        IpsetStore.parse(text)
+
+
+@pytest.mark.netns
+def test_netmask_membership_agrees_with_the_kernel():
+    import secrets
+    import subprocess
+    from conftest import have, is_root
+    if not (is_root() and have("ip") and have("ipset")):
+        pytest.skip("needs root, iproute2 and ipset")
+    name = f"pntest-set-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ipset", "restore"], input=NETMASKED,
+                       text=True, check=True)
+        store = IpsetStore.parse(NETMASKED)
+        for set_name, entry, _ in NETMASK_CASES:
+            kernel = subprocess.run(["ip", "netns", "exec", name, "ipset", "test", set_name, entry],
+                                    capture_output=True).returncode == 0
+            assert store.test(set_name, entry) is kernel, (set_name, entry)
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)

@@ -34,6 +34,10 @@ SET_TYPES: dict[str, tuple[str, ...]] = {
     "list:set": ("set",),
 }
 FAMILY_FREE = ("hash:mac", "bitmap:port", "list:set")
+# the types whose ip dimension the kernel masks with `netmask CIDR` / `bitmask ADDR`
+# (hash:net,net takes them in ipset(8) too, but the kernel refuses that set type)
+NETMASK_TYPES = ("hash:ip", "hash:ip,port", "bitmap:ip")
+BITMASK_TYPES = ("hash:ip", "hash:ip,port")
 MAX_EXPAND = 65536               # addresses one `add` may expand to (ipset's own limit)
 COMMANDS = {"create": "create", "add": "add", "del": "del", "flush": "flush",
             "destroy": "destroy", "-N": "create", "-A": "add", "-D": "del", "-F": "flush",
@@ -58,6 +62,8 @@ class IpSet:
     family: Optional[int] = 4    # None for family-free types
     members: dict = field(default_factory=dict)      # key tuple -> Member, in add order
     prefixes: dict = field(default_factory=dict)     # net dimension -> {prefix lengths}
+    netmask: Optional[int] = None    # `netmask CIDR`: one element per network of that size
+    bitmask: Optional[int] = None    # h->bitmask: what ip dimensions are ANDed with (netmask too)
 
     @property
     def dims(self) -> tuple[str, ...]:
@@ -106,15 +112,28 @@ class IpSet:
     def _addresses(self, text: str) -> list:
         if "-" in text:
             first, last = (ipaddress.ip_address(t) for t in text.split("-", 1))
-            nets = ipaddress.summarize_address_range(first, last)
-            addrs = [a for net in nets for a in (net if net.num_addresses > 1 else [net[0]])]
+            nets = list(ipaddress.summarize_address_range(first, last))
         elif "/" in text:
-            net = ipaddress.ip_network(text, strict=False)
-            addrs = list(net) if net.num_addresses > 1 else [net[0]]
+            nets = [ipaddress.ip_network(text, strict=False)]
         else:
-            addrs = [ipaddress.ip_address(text)]
-        self._check_family(addrs[0].version, text)
+            nets = [ipaddress.ip_network(ipaddress.ip_address(text))]
+        self._check_family(nets[0].version, text)
+        if self.netmask is not None:
+            # hash_ip4_uadt / bitmap_ip_uadt: the networks of the netmask's size the entry covers
+            m = self.netmask
+            return list(dict.fromkeys(
+                sub.network_address for net in nets
+                for sub in (net.subnets(new_prefix=m) if net.prefixlen < m else [net.supernet(new_prefix=m)])))
+        addrs = [a for net in nets for a in (net if net.num_addresses > 1 else [net[0]])]
+        if self.bitmask is not None:
+            addrs = list(dict.fromkeys(self.masked(a) for a in addrs))
         return addrs
+
+    def masked(self, addr):
+        """An address as the set stores it: ANDed with the bitmask (netmask) when there is one."""
+        if self.bitmask is None or addr.version != self.family:
+            return addr
+        return type(addr)(int(addr) & self.bitmask)
 
     def _check_family(self, version: int, text: str) -> None:
         if self.family is not None and version != self.family:
@@ -154,7 +173,9 @@ class IpSet:
         values = []
         for kind, flag in zip(self.dims, flags):
             src = flag == "src"
-            if kind in ("ip", "net"):
+            if kind == "ip":
+                values.append(self.masked(packet.src if src else packet.dst))
+            elif kind == "net":
                 values.append(packet.src if src else packet.dst)
             elif kind in ("port", "portnum"):
                 port = _packet_port(packet, src)
@@ -181,6 +202,32 @@ def _packet_port(packet: Packet, src: bool) -> Optional[tuple[str, int]]:
     if packet.proto not in PORT_PROTOS or port is None:
         return None
     return packet.proto, port
+
+
+def _masks(ipset: IpSet, words: list[str]) -> None:
+    """The `netmask CIDR` / `bitmask ADDR` create options, where the kernel honours them."""
+    bits = 128 if ipset.family == 6 else 32
+    for option, types in (("netmask", NETMASK_TYPES), ("bitmask", BITMASK_TYPES)):
+        if option not in words:
+            continue
+        if ipset.type not in types:
+            raise LineError(f"create {ipset.name}: {ipset.type} takes no {option}")
+        value = words[words.index(option) + 1] if words.index(option) + 1 < len(words) else ""
+        if option == "netmask":
+            if not value.isdigit() or not 1 <= int(value) <= bits:
+                raise LineError(f"create {ipset.name}: netmask must be 1-{bits}, not '{value}'")
+            ipset.netmask = int(value)
+            ipset.bitmask = ((1 << bits) - 1) ^ ((1 << (bits - ipset.netmask)) - 1)
+        else:
+            try:
+                mask = ipaddress.ip_address(value)
+            except ValueError:
+                raise LineError(f"create {ipset.name}: bad bitmask '{value}'") from None
+            if mask.version != ipset.family:
+                raise LineError(f"create {ipset.name}: bitmask {value} is not IPv{ipset.family}")
+            ipset.bitmask = int(mask)
+    if ipset.netmask is not None and "bitmask" in words:
+        raise LineError(f"create {ipset.name}: netmask and bitmask exclude each other")
 
 
 class IpsetStore:
@@ -254,7 +301,9 @@ class IpsetStore:
         if name in self.sets:
             raise LineError(f"create {name}: set already exists")
         family = None if type_ in FAMILY_FREE else (6 if "inet6" in header.split() else 4)
-        ipset = self.sets[name] = IpSet(name, type_, header, family)
+        ipset = IpSet(name, type_, header, family)
+        _masks(ipset, header.split())
+        self.sets[name] = ipset
         return ipset
 
     def get(self, name: str) -> IpSet:
