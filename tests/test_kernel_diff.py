@@ -88,15 +88,22 @@ def test_veth_pair_tcp_udp_ping_and_rst(lab):
     assert_agree(lab, state, a, "192.0.2.2", 81)
 
 
-def test_router_forwarding_and_ip_forward_off(lab):
+def client_router_server(lab: NetnsLab, server_mtu: int = 1500):
+    """client 10.1.0.2 -- c0 router s0 -- 10.2.0.2 server (the server's link at `server_mtu`)."""
     c, r, s = lab.ns("client"), lab.ns("router"), lab.ns("server")
     lab.veth(c, "eth0", r, "c0")
     lab.veth(s, "eth0", r, "s0")
     lab.run(c, "ip addr add 10.1.0.2/24 dev eth0 && ip route add default via 10.1.0.1")
-    lab.run(s, "ip addr add 10.2.0.2/24 dev eth0 && ip route add default via 10.2.0.1")
-    lab.run(r, "ip addr add 10.1.0.1/24 dev c0 && ip addr add 10.2.0.1/24 dev s0")
-    lab.server(s, s, tcp=[8080])
+    lab.run(s, f"ip link set eth0 mtu {server_mtu} && ip addr add 10.2.0.2/24 dev eth0 "
+               "&& ip route add default via 10.2.0.1")
+    lab.run(r, f"ip addr add 10.1.0.1/24 dev c0 && ip link set s0 mtu {server_mtu} && ip addr add 10.2.0.1/24 dev s0")
     lab.sysctl(r, "net.ipv4.ip_forward", "1")
+    return c, r, s
+
+
+def test_router_forwarding_and_ip_forward_off(lab):
+    c, r, s = client_router_server(lab)
+    lab.server(s, s, tcp=[8080])
     state = lab.snapshot()
     assert predict(state, c, "10.2.0.2", 8080) == {("ok", s, "10.1.0.2")}
     assert_agree(lab, state, c, "10.2.0.2", 8080)
@@ -306,14 +313,8 @@ def test_mtu_df_drop_fragmentation_and_emsgsize(lab):
     """A DF packet too big for the next hop: the router drops it (ICMP fragmentation needed),
     before its FORWARD hook; without DF it is fragmented and arrives. The sender's own link
     too small: a DF datagram fails with EMSGSIZE, a non-DF one is fragmented."""
-    c, r, s = lab.ns("client"), lab.ns("router"), lab.ns("server")
-    lab.veth(c, "eth0", r, "c0")
-    lab.veth(s, "eth0", r, "s0")
-    lab.run(c, "ip addr add 10.1.0.2/24 dev eth0 && ip route add default via 10.1.0.1")
-    lab.run(s, "ip link set eth0 mtu 1400 && ip addr add 10.2.0.2/24 dev eth0 && ip route add default via 10.2.0.1")
-    lab.run(r, "ip addr add 10.1.0.1/24 dev c0 && ip link set s0 mtu 1400 && ip addr add 10.2.0.1/24 dev s0")
+    c, r, s = client_router_server(lab, server_mtu=1400)
     lab.run(r, "iptables -A FORWARD -j ACCEPT")
-    lab.sysctl(r, "net.ipv4.ip_forward", "1")
     lab.server(s, s, udp=[53])
     lab.server(c, c, udp=[53])
     state = lab.snapshot()

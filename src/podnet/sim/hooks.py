@@ -117,12 +117,13 @@ def run_hook(ns: Netns, hook: str, pkt: Packet, conn: ConnView, runtime: Runtime
     for ref in chains:
         if ref.type == "nat" and (not first_packet or nat_done or bridged and hook != "PREROUTING"):
             continue
-        seen = (view.mark, view.src, view.dst)
+        route_chain = ref.type == "route" and hook == "OUTPUT"
+        seen = (view.mark, view.src, view.dst) if route_chain else None
         if ref.engine == "nft":
             result: ChainResult = ref.ruleset.evaluate(ref.family, ref.table, ref.chain, ctx)
         else:
             result = ref.ruleset.evaluate(ref.table, ref.chain, ctx, engine=ref.engine)
-        if ref.type == "route" and hook == "OUTPUT" and (view.mark, view.src, view.dst) != seen:
+        if route_chain and (view.mark, view.src, view.dst) != seen:
             outcome.reroute = True
         outcome.chains_run.append(f"{ref.engine}:{ref.family + ' ' if ref.family else ''}{ref.table}/{ref.chain}")
         outcome.steps.extend(result.steps)
