@@ -3,16 +3,19 @@ the LB IP on the kind network, so a client outside the cluster reaches it; with
 externalTrafficPolicy Local the pod sees the client's own address."""
 
 import socket
+import threading
 
 import pytest
 
 from podnet.cluster import Cluster
 from podnet.dataplane import build_dataplane
 from podnet.lab import client
-from podnet.lab.agent import arp_reply
+from podnet.lab.agent import arp_reply, open_arp_socket
+from podnet.lab.nsutil import entered
 from podnet.lab.lab import Lab
 
 from helpers import LOAD_BALANCERS, guide_inputs, lab_name, wait_clean, walk
+from netnslab import NetnsLab
 
 
 
@@ -26,6 +29,26 @@ def test_arp_reply_answers_requests_for_its_address_only():
     assert reply[22:28] == mac and reply[28:32] == socket.inet_aton("172.18.255.200")
     assert reply[38:42] == socket.inet_aton("172.18.0.1")
     assert arp_reply(request, "172.18.255.201", mac) is None
+
+
+@pytest.mark.netns
+def test_arp_responder_waits_for_its_device():
+    # the agent starts while the lab is still wiring the node: the speaker's device may
+    # appear only after it (CI once failed with "bind arp ...: No such device")
+    net = NetnsLab()
+    try:
+        node = net.ns("node")
+        later = threading.Timer(0.3, net.run, (node, "ip link add eth0 type veth peer name eth1"))
+        later.start()
+        with entered(node):
+            sock = open_arp_socket("eth0", wait=10)
+        later.join()
+        assert sock.getsockname()[0] == "eth0"
+        sock.close()
+        with entered(node), pytest.raises(OSError, match="No such device"):
+            open_arp_socket("eth9", wait=0.1)
+    finally:
+        net.cleanup()
 
 
 @pytest.mark.netns

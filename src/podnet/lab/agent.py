@@ -30,12 +30,14 @@ file. SIGTERM stops it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import signal
 import socket
 import struct
 import sys
+import time
 
 if __package__:
     from .echo import describe, http_response
@@ -61,10 +63,26 @@ IPV6_FREEBIND = 78
 ETH_P_ARP = 0x0806
 
 
-def open_arp_socket(dev: str) -> socket.socket:
-    """A packet socket for ARP frames on `dev` (what MetalLB's speaker answers from)."""
+DEVICE_WAIT = 20.0      # seconds an ARP responder waits for its device (see open_arp_socket)
+
+
+def open_arp_socket(dev: str, wait: float = DEVICE_WAIT) -> socket.socket:
+    """A packet socket for ARP frames on `dev` (what MetalLB's speaker answers from).
+
+    The agent starts while the lab is still wiring the node, so `dev` may not exist yet
+    (ENODEV): unlike an IP socket, which IP_FREEBIND lets bind early, a packet socket needs
+    the device, so this waits for it to appear."""
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
-    s.bind((dev, ETH_P_ARP))
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            s.bind((dev, ETH_P_ARP))
+            break
+        except OSError as e:
+            if e.errno != errno.ENODEV or time.monotonic() > deadline:
+                s.close()
+                raise
+            time.sleep(0.02)
     s.setblocking(False)
     return s
 
