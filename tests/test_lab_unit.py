@@ -167,17 +167,48 @@ def test_fwmark_ipvs_services_are_parsed_and_round_trip():
     assert sorted(fwm) == [100, 200]
     assert (fwm[100].protocol, str(fwm[100].vip), fwm[100].port, fwm[100].scheduler) == \
         ("TCP", "0.0.0.0", 0, "rr")
+    # the dump lists the kernel's list, newest first: the model keeps the order added
     assert [(str(r.ip), r.port, r.method, r.weight) for r in fwm[100].reals] == \
-        [("10.0.0.1", 80, "Masq", 1), ("10.0.0.2", 0, "Route", 3)]
+        [("10.0.0.2", 0, "Route", 3), ("10.0.0.1", 80, "Masq", 1)]
     assert str(fwm[200].vip) == "::" and fwm[200].persistent == 60 and fwm[200].sched_flags == ("sh-port",)
-    assert ipvsadm_save(services) == saved
+    assert ipvsadm_save(services) == ipvsadm_save(services, "nosort") == saved
     ns = Netns("n")
     ns.ipvs.extend(services)
-    assert _ipvs_text(ns) == saved + "\n"
+    # what the lab hands ipvsadm-restore: the real servers in the order to add them
+    assert _ipvs_text(ns) == saved.replace("-a -f 100 -r 10.0.0.1:80 -m -w 1\n-a -f 100 -r 10.0.0.2:0 -g -w 3",
+                                           "-a -f 100 -r 10.0.0.2:0 -g -w 3\n-a -f 100 -r 10.0.0.1:80 -m -w 1") + "\n"
     listed = ipvsadm_ln(services).splitlines()
     assert "FWM  100 rr" in listed and "FWM  200 IPv6 sh (sh-port) persistent 60" in listed
     # ipvsadm-restore also takes a real server without a port
     assert parse_ipvsadm("-A -f 7 -s rr\n-a -f 7 -r 10.0.0.9 -m")[0].reals[0].port == 0
+
+
+def test_ipvs_real_servers_keep_the_kernels_list_order():
+    """The kernel adds a real server at the head of its service's list (ip_vs_add_dest), and
+    sh, dh and mh walk that list. `ipvsadm -Sn` sorts the real servers (ipvs_cmp_dests, an
+    int of an unsigned difference: 200.0.0.1 sorts before 10.0.0.1); snapshots take
+    `-Sn --nosort`, the kernel's list, so the model gets back the order they were added in
+    and the schedulers see the kernel's list."""
+    from podnet.linux.render import ipvsadm_ln, ipvsadm_save
+    from podnet.sim.ipvs import bucket_table, kernel_order
+    from podnet.snapshot.capture import COMMANDS
+    from podnet.snapshot.load import parse_ipvsadm
+    nosort = ("-A -t 10.96.0.10:53 -s sh\n"
+              "-a -t 10.96.0.10:53 -r 10.0.0.9:53 -m -w 1\n"
+              "-a -t 10.96.0.10:53 -r 200.0.0.1:53 -m -w 1\n"
+              "-a -t 10.96.0.10:53 -r 10.0.0.1:53 -m -w 1")
+    svc, = parse_ipvsadm(nosort)
+    assert [str(r.ip) for r in svc.reals] == ["10.0.0.1", "200.0.0.1", "10.0.0.9"]      # as added
+    assert [str(svc.reals[i].ip) for i in kernel_order(svc)] == ["10.0.0.9", "200.0.0.1", "10.0.0.1"]
+    assert str(svc.reals[bucket_table(svc)[0]].ip) == "10.0.0.9"     # sh: bucket 0 is the list head
+    assert ipvsadm_save([svc], "nosort") == nosort
+    assert [line.split()[4] for line in ipvsadm_save([svc]).splitlines()[1:]] == \
+        ["200.0.0.1:53", "10.0.0.1:53", "10.0.0.9:53"]
+    assert [line.split()[1] for line in ipvsadm_ln([svc]).splitlines()[4:]] == \
+        ["200.0.0.1:53", "10.0.0.1:53", "10.0.0.9:53"]
+    assert [line.split()[4] for line in ipvsadm_save([svc], "restore").splitlines()[1:]] == \
+        ["10.0.0.1:53", "200.0.0.1:53", "10.0.0.9:53"]
+    assert COMMANDS["ipvs.txt"] == ["ipvsadm", "-Sn", "--nosort"]
 
 
 def test_lab_commands_need_root(monkeypatch):

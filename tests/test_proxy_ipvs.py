@@ -24,7 +24,7 @@ from podnet.proxy.model import EndpointInfo, ProxyView
 from podnet.sim import ipvs as sched
 
 from conftest import GUIDE_LAB, REFERENCE, have, is_root, run_podnet
-from helpers import NODEPORTS as GUIDE_NODEPORTS, WORKER, walk
+from helpers import NODEPORTS as GUIDE_NODEPORTS, WORKER, WORKER2, walk
 from test_proxy_model import endpoint, node, oracle_objects, service, slice_, view_of
 
 ip = ipaddress.ip_address
@@ -270,6 +270,47 @@ def test_pod_to_cluster_ip_branches_over_the_real_servers(lab):
         # the reply is un-NATed by conntrack: from the ClusterIP, as the client expects
         assert b.reply.outcome.result == "delivered"
         assert str(b.reply.outcome.packet.src) == vip
+
+
+def test_fwmark_and_port_zero_services_are_found_as_ip_vs_service_find_does(tmp_path):
+    """ip_vs_service_find: the fwmark table first (the packet's mark, set here by a mangle
+    rule), then <protocol, address, port>, then the address's port-0 catch-all; a real server
+    without a port keeps the packet's destination port, and -m ipvs sees the packet's own
+    destination as the virtual address."""
+    dp = guide_lab(tmp_path)
+    tshoot = pod_named(dp, "net-tshoot", WORKER)
+    node = dp.state.netns(WORKER)
+    vip = dp.cluster.service("web").cluster_ip
+    far = ipaddress.ip_address(web_ips(dp)[WORKER2])
+    node.ipvs.append(IpvsService("TCP", ipaddress.ip_address("0.0.0.0"), 0, "rr", fwmark=100,
+                                 reals=[IpvsRealServer(far, 0)]))
+    # the port-0 service on the node's own address (on the ClusterIP, KUBE-IPVS-FILTER would
+    # reject ports that are not a Service's before IPVS sees them)
+    node_ip = dp.cluster.node(WORKER).internal_ip
+    node.ipvs.append(IpvsService("TCP", node_ip, 0, "rr", reals=[IpvsRealServer(far, 80)]))
+    node.invalidate()
+    # unmarked: the <TCP, vip, 80> service, as before
+    assert len(walk(dp, f"pod/{tshoot.name}", "svc/web:80").branches) == 2
+    # any other port of the address: the port-0 service, DNAT to its real server's port
+    b = walk(dp, f"pod/{tshoot.name}", f"{node_ip}:8080").branches
+    assert len(b) == 1 and ipvs_hops(b[0]) == [
+        f"IPVS (LOCAL_IN) TCP {node_ip}:0 rr: next in turn -> Masq {far}:80 weight 1 (real server 1 of 1)"]
+    assert str(b[0].forward.outcome.packet.dst) == str(far) and b[0].forward.outcome.packet.dport == 80
+    # marked in mangle PREROUTING: the fwmark service wins; its portless real keeps port 80
+    mangle = ("*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n"
+              ":OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+              f"-A PREROUTING -d {vip}/32 -p tcp -m tcp --dport 80 -j MARK --set-xmark 0x64/0xffffffff\n"
+              # -m ipvs on the IPVS connection: its vaddr/vport are the packet's, not 0.0.0.0:0
+              f"-A OUTPUT -m ipvs --vaddr {vip}/32 --vport 80 -j MARK --set-xmark 0x65/0xffffffff\n"
+              "COMMIT\n")
+    node.iptables = mangle + node.iptables
+    node.invalidate()
+    b = walk(dp, f"pod/{tshoot.name}", "svc/web:80").branches
+    assert len(b) == 1 and ipvs_hops(b[0]) == [
+        f"IPVS (LOCAL_IN) FWM 100 (mark 0x64) rr: next in turn -> Masq {far}:80 weight 1 (real server 1 of 1)"]
+    assert b[0].forward.outcome.result == "delivered" and b[0].forward.outcome.packet.dport == 80
+    assert f"-A OUTPUT -m ipvs --vaddr {vip}/32 --vport 80 -j MARK --set-xmark 0x65/0xffffffff" in steps(b[0])
+    assert b[0].reply.outcome.result == "delivered" and str(b[0].reply.outcome.packet.src) == str(vip)
 
 
 def test_node_to_cluster_ip_is_masqueraded(lab):

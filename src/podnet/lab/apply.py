@@ -893,8 +893,9 @@ def _ipset_replacing(text: str) -> str:
 
 
 def _ipvs_text(ns: Netns) -> str:
-    """`ipvsadm -Sn` text for the namespace's IPVS table (what ipvsadm-restore reads)."""
-    text = ipvsadm_save(ns.ipvs)
+    """`ipvsadm -Sn` text for the namespace's IPVS table, its real servers in the order
+    ipvsadm-restore adds them (so the kernel's list is the model's)."""
+    text = ipvsadm_save(ns.ipvs, order="restore")
     return text + "\n" if text else ""
 
 

@@ -6,7 +6,9 @@ so podnet's output can be read (and diffed) like a real node's.
 
 from __future__ import annotations
 
-from .state import IpvsService, Link, Netns, Route, table_name
+import functools
+
+from .state import IpvsRealServer, IpvsService, Link, Netns, Route, table_name
 
 
 def _dst(r: Route) -> str:
@@ -163,6 +165,45 @@ def _ipvs_order(s: IpvsService) -> tuple:
     return (s.fwmark or 0, s.protocol, s.vip.version, int(s.vip), s.port)
 
 
+def _signed32(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+def _ipvs_cmp_dests(a: IpvsRealServer, b: IpvsRealServer) -> int:
+    """libipvs ipvs_cmp_dests: the address word by word, then the port, each difference an
+    int of an unsigned subtraction (so addresses 2^31 or more apart compare backwards)."""
+    if a.ip.version == 6:
+        wa, wb = int(a.ip).to_bytes(16, "big"), int(b.ip).to_bytes(16, "big")
+        for i in range(0, 16, 4):
+            r = _signed32(int.from_bytes(wa[i:i + 4], "big") - int.from_bytes(wb[i:i + 4], "big"))
+            if r:
+                return r
+    else:
+        r = _signed32(int(a.ip) - int(b.ip))
+        if r:
+            return r
+    return a.port - b.port
+
+
+IPVS_DEST_ORDERS = ("sorted", "nosort", "restore")
+
+
+def ipvs_dests(s: IpvsService, order: str = "sorted") -> list[IpvsRealServer]:
+    """A service's real servers as ipvsadm lists them.
+
+    The model keeps `reals` in the order they were added; the kernel's list is the reverse
+    (ip_vs_add_dest adds at the head), and the schedulers walk that list (see
+    podnet.sim.ipvs.kernel_order). `order`: "sorted" as `ipvsadm -Ln`/`-Sn` print them
+    (ipvs_cmp_dests), "nosort" as `--nosort` prints the kernel's list, "restore" in the
+    order ipvsadm-restore must add them to rebuild that list."""
+    if order == "restore":
+        return list(s.reals)
+    if order == "nosort":
+        return s.reals[::-1]
+    return sorted(s.reals, key=functools.cmp_to_key(_ipvs_cmp_dests))
+
+
 def ipvsadm_ln(services: list[IpvsService]) -> str:
     lines = ["IP Virtual Server version 1.2.1 (size=4096)",
              "Prot LocalAddress:Port Scheduler Flags",
@@ -175,7 +216,7 @@ def ipvsadm_ln(services: list[IpvsService]) -> str:
         else:
             name = f"{s.protocol:<4} {_hostport(s.vip, s.port)}"
         lines.append(f"{name} {s.scheduler}{flags}")
-        for r in s.reals:
+        for r in ipvs_dests(s):
             lines.append(f"  -> {_hostport(r.ip, r.port):<28} {r.method:<7} {r.weight:<6} "
                          f"{r.active_conns:<10} 0")
     return "\n".join(lines)
@@ -189,8 +230,9 @@ def ipvsadm_virtual(s: IpvsService) -> str:
     return f"{flag} {_hostport(s.vip, s.port)}"
 
 
-def ipvsadm_save(services: list[IpvsService]) -> str:
-    """`ipvsadm -Sn` text (what ipvsadm-restore reads)."""
+def ipvsadm_save(services: list[IpvsService], order: str = "sorted") -> str:
+    """`ipvsadm -Sn` text (what ipvsadm-restore reads); `order` of the real servers: see
+    ipvs_dests."""
     method = {"Masq": "-m", "Route": "-g", "Tunnel": "-i"}
     lines = []
     for s in sorted(services, key=_ipvs_order):
@@ -198,7 +240,7 @@ def ipvsadm_save(services: list[IpvsService]) -> str:
         p = f" -b {','.join(s.sched_flags)}" if s.sched_flags else ""
         p += f" -p {s.persistent}" if s.persistent else ""
         lines.append(f"-A {virtual} -s {s.scheduler}{p}")
-        for r in s.reals:
+        for r in ipvs_dests(s, order):
             lines.append(f"-a {virtual} -r {_hostport(r.ip, r.port)} "
                          f"{method.get(r.method, '-m')} -w {r.weight}")
     return "\n".join(lines)

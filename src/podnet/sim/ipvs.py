@@ -70,8 +70,12 @@ class Pick:
     how: str
 
 
-def _hostport(r: IpvsRealServer) -> str:
-    return f"[{r.ip}]:{r.port}" if r.ip.version == 6 else f"{r.ip}:{r.port}"
+def _hostport(ip, port: int) -> str:
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _real_name(r: IpvsRealServer) -> str:
+    return _hostport(r.ip, r.port)
 
 
 def _fold(addr, version: int | None = None) -> int:
@@ -178,7 +182,7 @@ def _mh_get(svc: IpvsService, lookup: tuple, order: list[int], fold: int, port: 
     how = f"slot {ihash} of {size}"
     if svc.reals[first].weight > 0:
         return first, how
-    how += f" -> {_hostport(svc.reals[first])}, which has weight 0"
+    how += f" -> {_real_name(svc.reals[first])}, which has weight 0"
     if not fallback:
         return None, how
     # mh-fallback: rehash with offsets ihash, ihash + 1, ... until a usable one
@@ -209,7 +213,7 @@ def _mh_schedule(svc: IpvsService, pkt: Packet, choose: Callable, key: str) -> P
                               "were added so or quiesced from weight 1)")
     histories = [(added, "weight-0 real servers added with weight 0"),
                  (quiesced, "weight-0 real servers quiesced from weight 1")]
-    options = [(f"{_hostport(svc.reals[p[0]]) if p[0] is not None else 'no destination'} "
+    options = [(f"{_real_name(svc.reals[p[0]]) if p[0] is not None else 'no destination'} "
                 f"({label})", 0.5) for p, label in histories]
     (index, how), label = histories[choose(key, options)]
     return Pick(index, f"{what} -> {how} (if {label})")
@@ -234,7 +238,7 @@ def schedule(svc: IpvsService, pkt: Packet, choose: Callable, key: str) -> Pick:
             bucket, what = dh_bucket(pkt.dst), f"destination address {pkt.dst}"
         i = bucket_table(svc)[bucket]
         if reals[i].weight <= 0:
-            return Pick(None, f"hash of the {what} -> bucket {bucket} -> {_hostport(reals[i])}, "
+            return Pick(None, f"hash of the {what} -> bucket {bucket} -> {_real_name(reals[i])}, "
                               "which has weight 0")
         return Pick(i, f"hash of the {what} -> bucket {bucket} of {TAB_SIZE}")
     if sched == "mh":
@@ -247,10 +251,10 @@ def schedule(svc: IpvsService, pkt: Packet, choose: Callable, key: str) -> Pick:
     # cursor or unmodelled table: one branch per usable real server
     if sched == "wrr":
         total = sum(reals[i].weight for i in usable)
-        options = [(_hostport(reals[i]), reals[i].weight / total) for i in usable]
+        options = [(_real_name(reals[i]), reals[i].weight / total) for i in usable]
         how = "next in the weighted round"
     else:
-        options = [(_hostport(reals[i]), 1 / len(usable)) for i in usable]
+        options = [(_real_name(reals[i]), 1 / len(usable)) for i in usable]
         how = "next in turn" if sched == "rr" else "by locality (not modelled)"
     chosen = usable[choose(key, options)] if len(options) > 1 else usable[0]
     return Pick(chosen, how)
@@ -277,9 +281,30 @@ def _least(sched: str, reals: list[IpvsRealServer], usable: list[int]) -> int:
     return best
 
 
+IPVS_PROTOCOLS = ("TCP", "UDP", "SCTP")     # the protocols ip_vs_in schedules (ip_vs_proto_get)
+
+
 def find_service(ns: Netns, pkt: Packet) -> Optional[IpvsService]:
-    """The virtual service a packet is for (ip_vs_service_find: protocol, address, port)."""
-    if not ns.ipvs or pkt.dport is None:
+    """The virtual service a packet is for, as ip_vs_service_find looks it up: the fwmark
+    table first (the packet's mark and family), then <protocol, address, port>, then the
+    address's catch-all port 0 service."""
+    proto = pkt.proto.upper()
+    if not ns.ipvs or pkt.dport is None or proto not in IPVS_PROTOCOLS:
         return None
-    index = ns.cached("ipvs", lambda: {(s.protocol, s.vip, s.port): s for s in ns.ipvs})
-    return index.get((pkt.proto.upper(), pkt.dst, pkt.dport))
+    by_mark, by_addr = ns.cached("ipvs", lambda: _service_index(ns.ipvs))
+    if pkt.mark and (svc := by_mark.get((pkt.dst.version, pkt.mark))) is not None:
+        return svc
+    return by_addr.get((proto, pkt.dst, pkt.dport)) or by_addr.get((proto, pkt.dst, 0))
+
+
+def _service_index(services: list[IpvsService]) -> tuple[dict, dict]:
+    by_mark = {(s.vip.version, s.fwmark): s for s in services if s.fwmark is not None}
+    by_addr = {(s.protocol, s.vip, s.port): s for s in services if s.fwmark is None}
+    return by_mark, by_addr
+
+
+def service_name(svc: IpvsService) -> str:
+    """The service as `ipvsadm -Ln` heads it: `TCP  10.96.0.1:443`, `FWM  100`."""
+    if svc.fwmark is not None:
+        return f"FWM {svc.fwmark}" + (" IPv6" if svc.vip.version == 6 else "")
+    return f"{svc.protocol} {_hostport(svc.vip, svc.port)}"

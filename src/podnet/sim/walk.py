@@ -222,7 +222,7 @@ class Walker:
                     self._drop(ns, f"no route to real server {pkt.dst}: {route.error}", pkt)
                 before, note = (pkt.dst, pkt.dport), ""
             reroute |= self._hook(ns, "OUTPUT", frame, tracked, out_iface=route.dev,
-                                  priorities=(PRIO_IPVS_LOCAL_OUT, None), ipvs=_ipvs_conn(vs))
+                                  priorities=(PRIO_IPVS_LOCAL_OUT, None), ipvs=vs)
         else:
             reroute = self._hook(ns, "OUTPUT", frame, tracked, out_iface=route.dev)
         if (pkt.dst, pkt.dport) != before or note or reroute:
@@ -773,26 +773,31 @@ class Walker:
         if not route.ok:
             self._drop(ns, f"no route to real server {pkt.dst}: {route.error}", pkt)
         # the nat table bound this connection's destination at PREROUTING: not run again
-        self._hook(ns, "OUTPUT", frame, tracked, out_iface=route.dev, ipvs=_ipvs_conn(vs), nat=False)
+        self._hook(ns, "OUTPUT", frame, tracked, out_iface=route.dev, ipvs=vs, nat=False)
         self._output(ns, frame, route, tracked, in_link=None)
         return True
 
     def _ipvs_schedule(self, ns: Netns, frame: Frame, tracked: Tracked, where: str):
-        """The virtual service the packet is for, its real server chosen and the destination
-        rewritten (podnet.sim.ipvs); None when IPVS does not handle the packet."""
+        """IPVS takes the packet: the virtual service it is for picks a real server and the
+        destination is rewritten (podnet.sim.ipvs). Returns the IPVS connection as `-m ipvs`
+        sees it (vaddr, vport, protocol, direction: the packet's own destination, also for a
+        fwmark service); None when IPVS does not handle the packet."""
         pkt = frame.pkt
         if not ns.ipvs or (tracked.conn is not None and tracked.direction == "REPLY"):
             return None
         svc = ipvs_sched.find_service(ns, pkt)
         if svc is None:
             return None
-        vip = ep(svc.vip, svc.port)
+        conn = (pkt.dst, pkt.dport, pkt.proto, "ORIGINAL")
+        # the branch key (`trace --pick ipvs:10.96.0.10:53=N`; a fwmark service: ipvs:FWM 100)
+        vip = ep(svc.vip, svc.port) if svc.fwmark is None else ipvs_sched.service_name(svc)
         if not tracked.new:
             note = apply_dst_manip(tracked, pkt)
             self.hop(ns, "ipvs", f"IPVS connection entry: {note or 'same real server'}", pkt=pkt)
-            return svc
+            return conn
         pick = ipvs_sched.schedule(svc, pkt, self.rt.choose, f"ipvs:{vip}")
-        head = f"IPVS ({where}) {svc.protocol} {vip} {svc.scheduler}" + \
+        head = f"IPVS ({where}) {ipvs_sched.service_name(svc)}" + \
+            (f" (mark {pkt.mark:#x})" if svc.fwmark is not None else "") + f" {svc.scheduler}" + \
             (f" ({','.join(svc.sched_flags)})" if svc.sched_flags else "") + \
             (f" persistent {svc.persistent}" if svc.persistent else "")
         if pick.index is None:
@@ -801,11 +806,14 @@ class Walker:
             self._end("rejected", ns, f"IPVS service {vip} has no real server to take the connection "
                       "(ICMP port unreachable)", pkt)
         real = svc.reals[pick.index]
-        bind_dnat(tracked.conn, real.ip, real.port)
-        pkt.dst, pkt.dport = real.ip, real.port
-        self.hop(ns, "ipvs", f"{head}: {pick.how} -> {real.method} {ep(real.ip, real.port)} weight {real.weight} "
+        # ip_vs_schedule: a real server without a port (a fwmark or port-0 service's) keeps
+        # the packet's destination port
+        port = real.port or pkt.dport
+        bind_dnat(tracked.conn, real.ip, port)
+        pkt.dst, pkt.dport = real.ip, port
+        self.hop(ns, "ipvs", f"{head}: {pick.how} -> {real.method} {ep(real.ip, port)} weight {real.weight} "
                  f"(real server {pick.index + 1} of {len(svc.reals)})", pkt=pkt)
-        return svc
+        return conn
 
     # ------------------------------------------------------------ tunnels
     def _vxlan_encap(self, ns: Netns, link: Link, frame: Frame, dst_mac: str) -> None:
@@ -985,11 +993,6 @@ def _said_by(steps: list[Step], with_own: bool = True) -> str:
     if not (own or after):
         return ""
     return f": {own or last.text}" + (f" (after: {'; '.join(after)})" if after else "")
-
-
-def _ipvs_conn(vs) -> Optional[tuple]:
-    """What `-m ipvs` sees of a packet IPVS handled: (vaddr, vport, protocol, direction)."""
-    return None if vs is None else (vs.vip, vs.port, vs.protocol.lower(), "ORIGINAL")
 
 
 def tuple_text(pkt: Packet) -> str:

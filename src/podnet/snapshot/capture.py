@@ -14,7 +14,7 @@ Layout (see docs/snapshot.md)::
     DIR/<netns>/ipset.txt      ipset save
     DIR/<netns>/nft.json       nft -j list ruleset             (+ nft.txt: nft list ruleset)
     DIR/<netns>/conntrack.txt  conntrack -L
-    DIR/<netns>/ipvs.txt       ipvsadm -Sn
+    DIR/<netns>/ipvs.txt       ipvsadm -Sn --nosort
     DIR/<netns>/listen.txt     ss -Hlntu
     DIR/<netns>/netns-ids.json ip -j netns list-id             (a peer's link_netnsid -> its name)
 
@@ -48,7 +48,9 @@ COMMANDS = {
     "nft.json": ["nft", "-j", "list", "ruleset"],
     "nft.txt": ["nft", "list", "ruleset"],
     "conntrack.txt": ["conntrack", "-L"],
-    "ipvs.txt": ["ipvsadm", "-Sn"],
+    # --nosort: the real servers in the kernel's list order, which the sh, dh and mh
+    # schedulers depend on (plain -Sn sorts them by address)
+    "ipvs.txt": ["ipvsadm", "-Sn", "--nosort"],
     "listen.txt": ["ss", "-Hlntu"],
     # which namespace a peer's link_netnsid means (veths across namespaces)
     "netns-ids.json": ["ip", "-j", "netns", "list-id"],

@@ -207,7 +207,10 @@ def _ipvs_virtual(parts: list[str]) -> Optional[tuple]:
 
 
 def parse_ipvsadm(text: str) -> list[IpvsService]:
-    """`ipvsadm -Sn` (the same syntax as ipvsadm-restore)."""
+    """`ipvsadm -Sn --nosort` (the same syntax as ipvsadm-restore). Its real servers are the
+    kernel's list, newest first; the model keeps them in the order they were added, so
+    each service's are reversed (podnet.linux.render.ipvs_dests). A plain `-Sn` dump is
+    sorted by address: the kernel's order, which sh, dh and mh depend on, is lost."""
     services: dict[tuple, IpvsService] = {}
     for line in text.splitlines():
         parts = line.split()
@@ -230,6 +233,8 @@ def parse_ipvsadm(text: str) -> list[IpvsService]:
             svc = services.get(key)
             if svc is not None:
                 svc.reals.append(IpvsRealServer(rip, rport, weight, method))
+    for svc in services.values():
+        svc.reals.reverse()
     return list(services.values())
 
 
