@@ -19,6 +19,10 @@ from podnet.sim.trace import trace
 from conftest import GUIDE_LAB
 
 CONTROL, WORKER, WORKER2 = "k8s-guide-control-plane", "k8s-guide-worker", "k8s-guide-worker2"
+# connections a lab test makes to see every backend of a two-endpoint Service: the tests stop
+# once they have, and a fair 50/50 choice sends 40 in a row to one pod once in 2^39 runs
+# (12 were too few: CI saw it happen)
+SPREAD_TRIES = 40
 
 # web as a NodePort, with externalTrafficPolicy Cluster and Local
 NODEPORTS = """

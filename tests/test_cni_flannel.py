@@ -20,7 +20,7 @@ from podnet.linux.state import DataplaneState, Link, Netns
 from podnet.sim.walk import Walker
 
 from conftest import GUIDE_LAB
-from helpers import CONTROL, WORKER, WORKER2, guide_inputs, lab_name, tshoot, walk
+from helpers import CONTROL, SPREAD_TRIES, WORKER, WORKER2, guide_inputs, lab_name, tshoot, walk
 
 ip = ipaddress.ip_address
 SUBNET_ENV = "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n"
@@ -379,7 +379,7 @@ def test_lab_a_pod_reaches_itself_through_its_service(lab):
     vip = str(dp.cluster.service("web").cluster_ip)
     key, me = next((k, v) for k, v in sorted(lab.record["pods"].items()) if "/web-" in k)
     seen = set()
-    for _ in range(16):
+    for _ in range(SPREAD_TRIES):
         r = client.request(lab.kname(me["netns"]), vip, 80, http=True)
         assert r.status == "ok", r
         seen.add(r.server)

@@ -22,7 +22,7 @@ from podnet.lab.apply import LabError
 from podnet.lab.lab import LABS_DIR, Lab, ipvs_available
 
 from conftest import ROOT
-from helpers import NODEPORTS, guide_inputs, lab_name, leftovers, wait_clean
+from helpers import NODEPORTS, SPREAD_TRIES, guide_inputs, lab_name, leftovers, wait_clean
 
 pytestmark = pytest.mark.netns
 
@@ -106,7 +106,7 @@ def test_curl_web_by_name_from_net_tshoot_reaches_both_web_pods(guide):
     webs = set(pods(guide, "web-"))
     seen = set()
     argv = guide.exec_argv(tshoot, ["curl", "-s", "-m", "3", "web"])
-    for _ in range(12):
+    for _ in range(SPREAD_TRIES):
         fields = echo_fields(sh(argv))
         seen.add(fields["pod"])
         assert fields["client"].rsplit(":", 1)[0] == info["ips"][0]      # no SNAT pod -> ClusterIP
@@ -136,7 +136,7 @@ def test_node_to_clusterip(guide):
     _, dp = guide.render(guide.record["inputs"], guide.record["overrides"])
     vip = str(dp.cluster.service("web").cluster_ip)
     seen = set()
-    for _ in range(12):
+    for _ in range(SPREAD_TRIES):
         r = client.request(guide.kname("k8s-guide-worker"), vip, 80, http=True)
         assert r.status == "ok", r
         seen.add(r.server)

@@ -16,7 +16,7 @@ from podnet.lab import client, nsutil
 from podnet.lab.lab import Lab, ipvs_available
 
 from conftest import ROOT
-from helpers import guide_inputs, lab_name, leftovers, wait_clean
+from helpers import SPREAD_TRIES, guide_inputs, lab_name, leftovers, wait_clean
 
 pytestmark = pytest.mark.netns
 
@@ -57,7 +57,7 @@ def test_ipvs_mode_for_real_curl_reaches_both_web_pods(tmp_path):
         tshoot = next(v for k, v in sorted(rec["pods"].items())
                       if "net-tshoot" in k and v["node"] == "k8s-guide-worker")
         seen = set()
-        for _ in range(16):
+        for _ in range(SPREAD_TRIES):
             r = client.request(lab.kname(tshoot["netns"]), vip, 80, http=True)
             assert r.status == "ok", r
             assert r.client == tshoot["ips"][0]          # pod -> ClusterIP: no SNAT
