@@ -156,7 +156,7 @@ def bridge_fdb(ns: Netns) -> str:
     return "\n".join(lines)
 
 
-def _hostport(ip, port) -> str:
+def hostport(ip, port) -> str:
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
@@ -173,20 +173,12 @@ def _signed32(v: int) -> int:
 def _ipvs_cmp_dests(a: IpvsRealServer, b: IpvsRealServer) -> int:
     """libipvs ipvs_cmp_dests: the address word by word, then the port, each difference an
     int of an unsigned subtraction (so addresses 2^31 or more apart compare backwards)."""
-    if a.ip.version == 6:
-        wa, wb = int(a.ip).to_bytes(16, "big"), int(b.ip).to_bytes(16, "big")
-        for i in range(0, 16, 4):
-            r = _signed32(int.from_bytes(wa[i:i + 4], "big") - int.from_bytes(wb[i:i + 4], "big"))
-            if r:
-                return r
-    else:
-        r = _signed32(int(a.ip) - int(b.ip))
+    pa, pb = a.ip.packed, b.ip.packed
+    for i in range(0, len(pa), 4):
+        r = _signed32(int.from_bytes(pa[i:i + 4], "big") - int.from_bytes(pb[i:i + 4], "big"))
         if r:
             return r
     return a.port - b.port
-
-
-IPVS_DEST_ORDERS = ("sorted", "nosort", "restore")
 
 
 def ipvs_dests(s: IpvsService, order: str = "sorted") -> list[IpvsRealServer]:
@@ -214,10 +206,10 @@ def ipvsadm_ln(services: list[IpvsService]) -> str:
         if s.fwmark is not None:
             name = f"FWM  {s.fwmark}" + (" IPv6" if s.vip.version == 6 else "")
         else:
-            name = f"{s.protocol:<4} {_hostport(s.vip, s.port)}"
+            name = f"{s.protocol:<4} {hostport(s.vip, s.port)}"
         lines.append(f"{name} {s.scheduler}{flags}")
         for r in ipvs_dests(s):
-            lines.append(f"  -> {_hostport(r.ip, r.port):<28} {r.method:<7} {r.weight:<6} "
+            lines.append(f"  -> {hostport(r.ip, r.port):<28} {r.method:<7} {r.weight:<6} "
                          f"{r.active_conns:<10} 0")
     return "\n".join(lines)
 
@@ -227,7 +219,7 @@ def ipvsadm_virtual(s: IpvsService) -> str:
     if s.fwmark is not None:
         return f"-f {s.fwmark}" + (" -6" if s.vip.version == 6 else "")
     flag = {"TCP": "-t", "UDP": "-u", "SCTP": "--sctp-service"}[s.protocol.upper()]
-    return f"{flag} {_hostport(s.vip, s.port)}"
+    return f"{flag} {hostport(s.vip, s.port)}"
 
 
 def ipvsadm_save(services: list[IpvsService], order: str = "sorted") -> str:
@@ -241,6 +233,6 @@ def ipvsadm_save(services: list[IpvsService], order: str = "sorted") -> str:
         p += f" -p {s.persistent}" if s.persistent else ""
         lines.append(f"-A {virtual} -s {s.scheduler}{p}")
         for r in ipvs_dests(s, order):
-            lines.append(f"-a {virtual} -r {_hostport(r.ip, r.port)} "
+            lines.append(f"-a {virtual} -r {hostport(r.ip, r.port)} "
                          f"{method.get(r.method, '-m')} -w {r.weight}")
     return "\n".join(lines)

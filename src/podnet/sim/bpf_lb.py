@@ -21,24 +21,21 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from ..linux.render import hostport
 from ..linux.state import (IDENTITY_HOST, IDENTITY_REMOTE_NODE, LB_SCOPE_EXT, LB_SCOPE_INT, IPAddress,
                            LBBackend, LBKey, LBService, SocketLB)
 
 PROTO_NAMES = {"tcp": "TCP", "udp": "UDP", "sctp": "SCTP"}
 
 
-def _hostport(addr: IPAddress, port: int) -> str:
-    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
-
-
 def key_text(key: LBKey) -> str:
     """lbmap Service4Key.String(): `10.96.0.10:53/UDP (0)`, `/i` for the internal scope."""
     scope = "/i" if key.scope == LB_SCOPE_INT else ""
-    return f"{_hostport(key.address, key.dport)}/{PROTO_NAMES.get(key.proto, 'ANY')}{scope} ({key.backend_slot})"
+    return f"{hostport(key.address, key.dport)}/{PROTO_NAMES.get(key.proto, 'ANY')}{scope} ({key.backend_slot})"
 
 
 def backend_text(b: LBBackend) -> str:
-    return f"{_hostport(b.address, b.port)}/{PROTO_NAMES.get(b.proto, 'ANY')}"
+    return f"{hostport(b.address, b.port)}/{PROTO_NAMES.get(b.proto, 'ANY')}"
 
 
 def flags_text(svc: LBService) -> str:
@@ -149,7 +146,7 @@ def sock_xlate_fwd(lb: SocketLB, addr: IPAddress, port: int, proto: str, in_host
     if svc.count == 0:
         sel.error = "EHOSTUNREACH"
         return sel
-    return pick_backend(lb, sel, choose, f"socket-lb:{_hostport(addr, port)}")
+    return pick_backend(lb, sel, choose, f"socket-lb:{hostport(addr, port)}")
 
 
 def sock_xlate_rev(lb: SocketLB, orig: tuple, in_hostns: bool) -> Optional[tuple[IPAddress, int]]:
@@ -182,7 +179,7 @@ def nodeport_lb(lb: SocketLB, src: IPAddress, dst: IPAddress, dport: int, proto:
     if svc.count == 0:
         sel.error = "DROP_NO_SERVICE (no backend" + (" on this node" if "ext-local" in svc.flags else "") + ")"
         return sel
-    pick_backend(lb, sel, choose, f"tc-lb:{_hostport(dst, dport)}")
+    pick_backend(lb, sel, choose, f"tc-lb:{hostport(dst, dport)}")
     if sel.backend is not None and sel.backend.address not in lb.endpoints:
         sel.snat = lb.nodeport_addrs.get(dst.version)
     return sel

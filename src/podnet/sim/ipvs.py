@@ -46,6 +46,7 @@ from math import gcd
 from typing import Callable, Optional
 
 from ..linux.netfilter import Packet
+from ..linux.render import hostport
 from ..linux.state import IpvsRealServer, IpvsService, Netns
 from .siphash import hsiphash_u32
 
@@ -70,12 +71,8 @@ class Pick:
     how: str
 
 
-def _hostport(ip, port: int) -> str:
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
-
-
 def _real_name(r: IpvsRealServer) -> str:
-    return _hostport(r.ip, r.port)
+    return hostport(r.ip, r.port)
 
 
 def _fold(addr, version: int | None = None) -> int:
@@ -304,7 +301,8 @@ def _service_index(services: list[IpvsService]) -> tuple[dict, dict]:
 
 
 def service_name(svc: IpvsService) -> str:
-    """The service as `ipvsadm -Ln` heads it: `TCP  10.96.0.1:443`, `FWM  100`."""
+    """The service as a trace names it: `TCP 10.96.0.1:443`, `FWM 100`, `FWM 200 IPv6`
+    (`ipvsadm -Ln`'s heading with single spaces)."""
     if svc.fwmark is not None:
         return f"FWM {svc.fwmark}" + (" IPv6" if svc.vip.version == 6 else "")
-    return f"{svc.protocol} {_hostport(svc.vip, svc.port)}"
+    return f"{svc.protocol} {hostport(svc.vip, svc.port)}"
